@@ -1,0 +1,174 @@
+"""SegmentationModule: the training recipe (SPEC §7), per-domain evaluation (§8) and trainable-only checkpoints."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from src.metrics import SegmentationIoU
+from src.models.inference import slide_inference
+from src.models.segmenter import Segmenter
+from src.utils.checkpoint import CheckpointError, config_differences
+
+
+class SegmentationModule(L.LightningModule):
+    """Owns a :class:`Segmenter`, its optimiser/scheduler, per-domain metrics and the checkpoint contents.
+
+    ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_: true``): the optimiser receives the §7.1
+    parameter groups, the scheduler ``max_lr`` (one per group) and ``total_steps`` from the trainer, and is
+    stepped every iteration (D5). Validation and test run :func:`slide_inference` with ``slide`` =
+    ``{crop, stride, max_batch}``. ``model_config`` (the resolved model config) is stored in every checkpoint and
+    compared on load, so a checkpoint made for another configuration is refused with the differences named.
+    """
+
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        slide: dict[str, int] | None = None,
+        ignore_index: int = 255,
+        model_config: dict[str, Any] | None = None,
+        log_images: int = 4,
+    ) -> None:
+        super().__init__()
+        self.segmenter = segmenter
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.slide = {"crop": 512, "stride": 341, "max_batch": None, **(slide or {})}
+        self.ignore_index = ignore_index
+        self.model_config = model_config or {}
+        self.log_images = log_images
+        self.num_classes = segmenter.num_classes
+        self.metrics = nn.ModuleDict()
+        self.domains: list[str] = []
+        self.mean_domains: list[str] = []
+        # only trainable tensors are saved, so loading checks the keys itself (see on_load_checkpoint)
+        self.strict_loading = False
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        self.domains = list(getattr(dm, "target_names", []))
+        self.mean_domains = list(getattr(dm, "mean_domains", self.domains))
+        for name in self.domains:
+            if name not in self.metrics:
+                self.metrics[name] = SegmentationIoU(self.num_classes, self.ignore_index)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-class probabilities (B, K, H, W) by sliding-window inference."""
+        return slide_inference(self.segmenter.predict, images, self.num_classes, **self.slide)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        output = self.segmenter(batch["image"])
+        losses = self.segmenter.mask_head.loss(output, batch["label"])
+        bs = batch["image"].shape[0]
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
+        for key in ("loss_cross_entropy", "loss_mask", "loss_dice"):
+            if key in losses:
+                self.log(f"train/{key}", losses[key], batch_size=bs)
+        scale = getattr(self.segmenter.token_adapter, "scale", None)
+        if isinstance(scale, torch.Tensor):
+            self.log("train/token_scale", scale.detach().float(), batch_size=bs)
+        return losses["loss"]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        defaults = self.optimizer_factory.keywords if isinstance(self.optimizer_factory, functools.partial) else {}
+        groups = self.segmenter.param_groups(lr=defaults.get("lr", 1e-4), weight_decay=defaults.get("weight_decay", 0.0))
+        optimizer = self.optimizer_factory(groups)
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        total = self.trainer.estimated_stepping_batches
+        scheduler = self.scheduler_factory(optimizer, max_lr=[g["lr"] for g in groups], total_steps=int(total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: dict[str, Any], dataloader_idx: int, stage: str, batch_idx: int) -> None:
+        domain = self.domains[dataloader_idx]
+        labels = batch["label"]
+        probs = slide_inference(
+            self.segmenter.predict, batch["image"], self.num_classes, out_size=tuple(labels.shape[-2:]), **self.slide
+        )
+        preds = probs.argmax(1)
+        self.metrics[domain].update(preds, labels)
+        if stage == "val" and batch_idx < self.log_images:
+            self._log_media(domain, batch, preds, batch_idx)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx, "val", batch_idx)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx, "test", batch_idx)
+
+    def _log_domain_metrics(self, stage: str) -> dict[str, dict[str, torch.Tensor]]:
+        from src.data.labels import CLASS_NAMES
+
+        results = {}
+        for name in self.domains:
+            result = self.metrics[name].compute()
+            self.metrics[name].reset()
+            results[name] = result
+            self.log(f"{stage}/{name}/mIoU", result["mIoU"], add_dataloader_idx=False)
+            self.log(f"{stage}/{name}/aAcc", result["aAcc"], add_dataloader_idx=False)
+            for cls_name, iou in zip(CLASS_NAMES, result["IoU"]):
+                if not torch.isnan(iou):
+                    self.log(f"{stage}/{name}/IoU/{cls_name}", iou, add_dataloader_idx=False)
+        if self.mean_domains:
+            mean = torch.stack([results[n]["mIoU"] for n in self.mean_domains]).nanmean()
+            self.log(f"{stage}/mean_mIoU", mean, prog_bar=True, add_dataloader_idx=False)
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_domain_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = {k: {m: v.cpu() for m, v in r.items()} for k, r in self._log_domain_metrics("test").items()}
+
+    def _log_media(self, domain: str, batch: dict[str, Any], preds: torch.Tensor, batch_idx: int) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        from src.utils.visualize import colorize, denormalize
+
+        loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
+        if not loggers or self.trainer.sanity_checking:
+            return
+        image = denormalize(batch["image"][0])
+        label, pred = colorize(batch["label"][0]), colorize(preds[0])
+        h, w = label.shape[:2]
+        image = torch.nn.functional.interpolate(image[None].float(), size=(h, w), mode="bilinear")[0]
+        panel = torch.cat([image.permute(1, 2, 0).byte(), label, pred], dim=1).cpu().numpy()
+        for lg in loggers:
+            lg.log_image(key=f"val/{domain}/example_{batch_idx}", images=[panel], caption=["image | label | prediction"])
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only trainable tensors (SPEC D10); record the model config and the RNG state for exact resume."""
+        checkpoint["state_dict"] = {f"segmenter.{k}": v for k, v in self.segmenter.trainable_state_dict().items()}
+        checkpoint["model_config"] = self.model_config
+        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("model_config")
+        if saved is None or "state_dict" not in checkpoint:
+            raise CheckpointError("not a depthforge checkpoint: it has no 'model_config' or no 'state_dict'")
+        diffs = config_differences(saved, self.model_config)
+        if diffs:
+            raise CheckpointError(
+                "checkpoint was made for another model configuration:\n  " + "\n  ".join(diffs[:20])
+            )
+        self.segmenter.load_trainable_state_dict(
+            {k.removeprefix("segmenter."): v for k, v in checkpoint["state_dict"].items()}
+        )
+        rng = checkpoint.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])

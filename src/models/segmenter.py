@@ -1,0 +1,135 @@
+"""Segmenter: the frozen VFMs, the token adapter, the refinement decoder and the mask head, in plain PyTorch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from src.models.adapters.base import Adapter, IdentityAdapter
+from src.models.backbones.depth import DepthBackbone, pair_depth_tokens
+from src.models.backbones.visual import VisualBackbone
+from src.models.heads.mask2former import HeadOutput
+
+#: substrings of parameter names that never get weight decay (SPEC §7.1 custom keys).
+NO_DECAY_KEYS = ("norm", "query_embed", "level_embed", "learnable_tokens", "token_adapter.scale")
+_NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+class Segmenter(nn.Module):
+    """DepthForge-style segmenter (DESIGN.md data flow), usable without Lightning for inference and export.
+
+    Parts whose sizes follow the visual VFM are given as factories (Hydra ``_partial_: true``) and completed
+    here: ``token_adapter(num_layers, embed_dim)``, ``refinement_decoder(channels)``, ``mask_head(in_channels)``.
+    ``depth_backbone`` is a factory too, so the depth VFM is only built when the adapter reads depth.
+    ``train_backbone=True`` is the "full" fine-tuning baseline (the visual VFM trains at ``backbone_lr_mult``).
+    """
+
+    def __init__(
+        self,
+        visual_backbone: VisualBackbone,
+        mask_head: Callable[..., nn.Module],
+        token_adapter: Callable[..., Adapter] | None = None,
+        depth_backbone: Callable[[], DepthBackbone] | None = None,
+        refinement_decoder: Callable[..., nn.Module] | None = None,
+        num_classes: int = 19,
+        train_backbone: bool = False,
+        backbone_lr_mult: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.backbone_lr_mult = backbone_lr_mult
+        self.visual_backbone = visual_backbone
+        # the VFM's own weights, told apart from adapter weights that attach() may add inside its blocks
+        self._vfm_param_names = {f"visual_backbone.{n}" for n, _ in visual_backbone.named_parameters()}
+        dim, layers = visual_backbone.embed_dim, visual_backbone.num_layers
+        self.token_adapter = token_adapter(num_layers=layers, embed_dim=dim) if token_adapter else IdentityAdapter()
+        self.token_adapter.attach(visual_backbone)
+        self.depth_backbone = depth_backbone() if (self.token_adapter.uses_depth and depth_backbone) else None
+        if self.token_adapter.uses_depth and self.depth_backbone is None:
+            raise ValueError(f"{type(self.token_adapter).__name__} reads depth tokens but no depth_backbone is set")
+        self.refinement_decoder = refinement_decoder(channels=dim) if refinement_decoder else None
+        self.mask_head = mask_head(in_channels=dim)
+        self.train_backbone = train_backbone
+        if train_backbone:
+            for p in self.visual_backbone.model.parameters():
+                p.requires_grad_(True)
+
+    # ------------------------------------------------------------------ forward
+    def depth_tokens(self, images: torch.Tensor) -> list[torch.Tensor] | None:
+        """The depth VFM's per-layer tokens paired with the visual layers (SPEC D1), or None without depth."""
+        if self.depth_backbone is None:
+            return None
+        grid = self.visual_backbone.grid_size(*images.shape[-2:])
+        tokens = self.depth_backbone(images, grid)
+        return pair_depth_tokens(tokens, self.visual_backbone.num_layers, self.visual_backbone.embed_dim)
+
+    def forward(self, images: torch.Tensor) -> HeadOutput:
+        maps = self.visual_backbone(images, self.token_adapter, self.depth_tokens(images))
+        if self.refinement_decoder is not None:
+            maps = self.refinement_decoder(maps)
+        return self.mask_head(maps, self.token_adapter.queries())
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-class probabilities (B, K, H, W) at the input size (SPEC §5.4)."""
+        return self.mask_head.semantic_map(self(images), images.shape[-2:])
+
+    # ------------------------------------------------------------------ trainable state
+    def _frozen_prefixes(self) -> tuple[str, ...]:
+        return ("depth_backbone.",) if self.train_backbone else ("depth_backbone.", "visual_backbone.")
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Trainable parameters and the buffers of trainable modules; never a tensor of a frozen VFM."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        params = {n for n, _ in self.named_parameters()}
+        frozen = self._frozen_prefixes()
+        return {
+            k: v
+            for k, v in self.state_dict().items()
+            if k in trainable or (k not in params and not k.startswith(frozen))
+        }
+
+    def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load a trainable-only state dict; every trainable tensor must be present, nothing else may be."""
+        expected = set(self.trainable_state_dict())
+        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+        if missing or unexpected:
+            raise RuntimeError(
+                "checkpoint does not match this model's trainable tensors: "
+                f"missing {missing[:8]}{' …' if len(missing) > 8 else ''}, "
+                f"unexpected {unexpected[:8]}{' …' if len(unexpected) > 8 else ''}"
+            )
+        self.load_state_dict(state_dict, strict=False)
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """AdamW groups of SPEC §7.1: no decay for norms, tokens, scale and level/query embeddings.
+
+        Frozen parameters are left out entirely; the visual VFM (``full`` baseline only) gets ``backbone_lr_mult``.
+        """
+        no_decay_modules = {
+            f"{m_name}.{p_name}" if m_name else p_name
+            for m_name, m in self.named_modules()
+            if isinstance(m, _NORM_MODULES)
+            for p_name, _ in m.named_parameters(recurse=False)
+        }
+        groups: dict[tuple[bool, bool], list[tuple[str, nn.Parameter]]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            decay = not (name in no_decay_modules or any(k in name for k in NO_DECAY_KEYS))
+            in_backbone = name in self._vfm_param_names
+            groups.setdefault((in_backbone, decay), []).append((name, p))
+        out = []
+        for (in_backbone, decay), named in sorted(groups.items()):
+            out.append(
+                {
+                    "name": f"{'backbone_' if in_backbone else ''}{'decay' if decay else 'no_decay'}",
+                    "params": [p for _, p in named],
+                    "param_names": [n for n, _ in named],
+                    "lr": lr * (self.backbone_lr_mult if in_backbone else 1.0),
+                    "weight_decay": weight_decay if decay else 0.0,
+                }
+            )
+        return out

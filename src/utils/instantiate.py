@@ -1,0 +1,30 @@
+"""Build the Lightning pieces from a composed Hydra config (shared by train, eval, predict and the tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from src.models.module import SegmentationModule
+
+
+def build_module(cfg: DictConfig) -> SegmentationModule:
+    """Instantiate ``cfg.model`` and hand it the resolved segmenter config, which checkpoints record."""
+    model_config = OmegaConf.to_container(cfg.model.segmenter, resolve=True)
+    return hydra.utils.instantiate(cfg.model, model_config=model_config)
+
+
+def build_list(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a config group that holds named objects (callbacks, loggers)."""
+    if not cfg:
+        return []
+    return [hydra.utils.instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
+    callbacks = build_list(cfg.get("callbacks"))
+    loggers = build_list(cfg.get("logger"))
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
