@@ -20,6 +20,7 @@ class DGDataModule(L.LightningDataModule):
     per-domain by construction (the domain comes from the dataset, SPEC D7). ``prepare`` is an optional callable
     run once in ``prepare_data`` (e.g. the generator that writes the smoke/MiniDG data).
     ``mean_domains`` names the targets averaged into ``mean_mIoU`` (SPEC §8.2; all targets when None).
+    A target set to None (``data.targets.map=null``) is dropped.
     """
 
     def __init__(
@@ -36,10 +37,11 @@ class DGDataModule(L.LightningDataModule):
         prepare: Callable[[], Any] | None = None,
     ) -> None:
         super().__init__()
+        targets = {name: factory for name, factory in (targets or {}).items() if factory is not None}
         if not targets:
             raise ValueError("DGDataModule needs at least one target domain")
         self.source_factory = source
-        self.target_factories = dict(targets)
+        self.target_factories = targets
         self.target_names = list(self.target_factories)
         unknown = sorted(set(mean_domains or []) - set(self.target_names))
         if unknown:

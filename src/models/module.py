@@ -116,7 +116,8 @@ class SegmentationModule(L.LightningModule):
             results[name] = result
             self.log(f"{stage}/{name}/mIoU", result["mIoU"], add_dataloader_idx=False)
             self.log(f"{stage}/{name}/aAcc", result["aAcc"], add_dataloader_idx=False)
-            for cls_name, iou in zip(CLASS_NAMES, result["IoU"]):
+            # per-class IoU goes to the dashboards during training; eval.py writes it to its tables
+            for cls_name, iou in zip(CLASS_NAMES, result["IoU"]) if stage == "val" else ():
                 if not torch.isnan(iou):
                     self.log(f"{stage}/{name}/IoU/{cls_name}", iou, add_dataloader_idx=False)
         if self.mean_domains:

@@ -13,8 +13,10 @@ from src.models.module import SegmentationModule
 
 def build_module(cfg: DictConfig) -> SegmentationModule:
     """Instantiate ``cfg.model`` and hand it the resolved segmenter config, which checkpoints record."""
-    model_config = OmegaConf.to_container(cfg.model.segmenter, resolve=True)
-    return hydra.utils.instantiate(cfg.model, model_config=model_config)
+    module = hydra.utils.instantiate(cfg.model)
+    # set afterwards: passed to instantiate, its _target_ entries would be instantiated too
+    module.model_config = OmegaConf.to_container(cfg.model.segmenter, resolve=True)
+    return module
 
 
 def build_list(cfg: DictConfig | None) -> list[Any]:

@@ -1,0 +1,144 @@
+"""Common base of the on-disk datasets: scan a layout, pair images with labels, decode, map, transform.
+
+A dataset is fully described by a `Layout`: where the images are, and where their labels are in one or more raw
+encodings (in order of preference). The label of `<image_dir>/<rel><image_suffix>` is
+`<label_dir>/<rel><label_suffix>`, so pairing is a path substitution; directories are scanned recursively.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from src.data.labels import LabelEncoding
+from src.data.transforms import build_test_transform
+
+_MAX_LISTED = 5
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Relative locations and suffixes of one split of a dataset; `labels` = (suffix, encoding) by preference."""
+
+    image_dir: str
+    image_suffix: str
+    label_dir: str
+    labels: tuple[tuple[str, LabelEncoding], ...]
+
+    def describe(self) -> str:
+        """The expected relative paths, for error messages and the layout checker."""
+        label_globs = " or ".join(f"{self.label_dir}/**/*{suffix}" for suffix, _ in self.labels)
+        return f"images {self.image_dir}/**/*{self.image_suffix} with labels {label_globs}"
+
+
+class Sample(NamedTuple):
+    image: Path
+    label: Path
+    encoding: LabelEncoding
+    name: str
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3); OpenCV because it decodes PNG/JPEG faster than Pillow."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise OSError(f"cannot read image {path} (missing, truncated or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_raw_label(path: Path) -> np.ndarray:
+    """The label PNG's stored values (H, W); Pillow, because OpenCV would expand palette PNGs (GTA5) to colours."""
+    try:
+        with Image.open(path) as image:
+            raw = np.asarray(image)
+    except (OSError, ValueError) as error:
+        raise OSError(f"cannot read label {path}: {error}") from error
+    if raw.ndim != 2:
+        raise ValueError(f"label {path} has shape {raw.shape}; expected a single-channel index PNG")
+    return raw
+
+
+class SegmentationDataset(Dataset, ABC):
+    """Items are dicts of a transformed image, its train-ID label and a name; subclasses provide `load`.
+
+    `transform` is an albumentations pipeline called as `transform(image=rgb_uint8, mask=train_ids_uint8)`;
+    the default only normalises (no resize).
+    """
+
+    def __init__(self, transform: A.BaseCompose | None = None) -> None:
+        self.transform = transform if transform is not None else build_test_transform(scale=None)
+
+    @abstractmethod
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded RGB uint8 image (H, W, 3) and uint8 train-ID label (H, W) of one sample, before any transform."""
+
+    @abstractmethod
+    def name(self, index: int) -> str:
+        """A name unique within the dataset (used for saved predictions)."""
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, label = self.load(index)
+        out = self.transform(image=image, mask=label)
+        return {"image": out["image"], "label": torch.as_tensor(out["mask"]).long(), "name": self.name(index)}
+
+
+class LayoutDataset(SegmentationDataset):
+    """(image, label) pairs of one `Layout` under `root`, scanned at construction so errors surface early."""
+
+    default_dir: str = ""  # the dataset's folder name under the data root (SPEC §6.1)
+
+    def __init__(self, root: str | Path, layout: Layout, transform: A.BaseCompose | None = None) -> None:
+        super().__init__(transform)
+        self.root = Path(root)
+        self.layout = layout
+        self.samples = self._scan()
+
+    def _scan(self) -> list[Sample]:
+        layout = self.layout
+        image_root, label_root = self.root / layout.image_dir, self.root / layout.label_dir
+        expected = f"expected {layout.describe()} under {self.root}"
+        if not image_root.is_dir():
+            raise FileNotFoundError(f"{type(self).__name__}: {image_root} does not exist; {expected}")
+        images = sorted(image_root.rglob(f"*{layout.image_suffix}"))
+        if not images:
+            raise FileNotFoundError(f"{type(self).__name__}: no *{layout.image_suffix} under {image_root}; {expected}")
+        present = {p for suffix, _ in layout.labels for p in label_root.rglob(f"*{suffix}")}
+        samples, unlabelled = [], []
+        for image in images:
+            rel = image.relative_to(image_root).as_posix()[: -len(layout.image_suffix)]
+            candidates = ((label_root / f"{rel}{suffix}", encoding) for suffix, encoding in layout.labels)
+            found = next(((path, encoding) for path, encoding in candidates if path in present), None)
+            if found is not None:
+                samples.append(Sample(image, *found, rel))
+            else:
+                unlabelled.append(image.relative_to(self.root).as_posix())
+        if unlabelled:
+            examples = ", ".join(unlabelled[:_MAX_LISTED])
+            raise FileNotFoundError(
+                f"{type(self).__name__}: {len(unlabelled)} of {len(images)} images under {image_root} have no label "
+                f"(e.g. {examples}); {expected}"
+            )
+        return samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        sample = self.samples[index]
+        image = read_image(sample.image)
+        label = sample.encoding.to_train_ids(read_raw_label(sample.label))
+        if image.shape[:2] != label.shape:
+            raise ValueError(f"image {sample.image} is {image.shape[:2]} but its label {sample.label} is {label.shape}")
+        return image, label
+
+    def name(self, index: int) -> str:
+        return self.samples[index].name

@@ -1,0 +1,112 @@
+"""REIN (Wei et al., CVPR 2024): per-layer learnable tokens that refine a frozen VFM's patch tokens (SPEC §2)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from src.models.adapters.base import Adapter
+
+#: The authors' token init puts the patch size 16 into its fan-in whatever the backbone (§2.1); kept for parity.
+INIT_PATCH_SIZE = 16
+
+
+def token_init_bound(embed_dim: int, rank: int | None) -> float:
+    """v of the U(−v, v) token init: √(6/(3p² + √(C·r))) for low-rank tokens, √(6/(3p² + C)) at full rank."""
+    fan = math.sqrt(embed_dim * rank) if rank is not None else embed_dim
+    return math.sqrt(6.0 / (3 * INIT_PATCH_SIZE**2 + fan))
+
+
+class ReinAdapter(Adapter):
+    """REIN's token module: the authors' ``LoRAReins`` (``rank=16``, default) or ``Reins`` (``rank=None``).
+
+    After block i the patch tokens f attend to the layer's M tokens T_i; the attended, feature-aligned tokens
+    refine f through two residuals (§2.2). The same tokens produce the head's object queries (§2.4).
+    Parameter names are the authors', so that the optimiser's name rules (no weight decay on
+    ``learnable_tokens`` and ``scale``) apply unchanged.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        embed_dim: int,
+        num_tokens: int = 100,
+        rank: int | None = 16,
+        query_dim: int = 256,
+        link_token_to_query: bool = True,
+        scale_init: float = 1e-3,
+        zero_mlp_delta_f: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_layers, self.embed_dim, self.num_tokens, self.rank = num_layers, embed_dim, num_tokens, rank
+        self.link_token_to_query = link_token_to_query
+        # §2.1 tokens, U(−v, v): T_i = A_i·B_i with A (L, M, r), B (L, r, C); full rank stores T (L, M, C)
+        v = token_init_bound(embed_dim, rank)
+        if rank is None:
+            self.learnable_tokens = nn.Parameter(torch.empty(num_layers, num_tokens, embed_dim).uniform_(-v, v))
+        else:
+            self.learnable_tokens_a = nn.Parameter(torch.empty(num_layers, num_tokens, rank).uniform_(-v, v))
+            self.learnable_tokens_b = nn.Parameter(torch.empty(num_layers, rank, embed_dim).uniform_(-v, v))
+        # W₁,b₁ aligns the tokens with the features; W₂,b₂ turns (G + f) into the refinement Δ. Shared by all layers,
+        # PyTorch's default Linear init = the authors' kaiming-uniform(a=√5).
+        self.mlp_token2feat = nn.Linear(embed_dim, embed_dim)
+        self.mlp_delta_f = nn.Linear(embed_dim, embed_dim)
+        self.scale: nn.Parameter | float
+        if zero_mlp_delta_f:
+            # the "no scale factor" form: s ≡ 1, and Δ = 0 at init comes from W₂ = 0, b₂ = 0 instead of a small s
+            nn.init.zeros_(self.mlp_delta_f.weight)
+            nn.init.zeros_(self.mlp_delta_f.bias)
+            self.scale = 1.0
+        else:
+            self.scale = nn.Parameter(torch.tensor(scale_init))
+        if link_token_to_query:
+            self.transform = nn.Linear(embed_dim, query_dim)
+            self.merge = nn.Linear(3 * query_dim, query_dim)
+
+    def layer_tokens(self, layer: int) -> Tensor:
+        """T_i (M, C)."""
+        if self.rank is None:
+            return self.learnable_tokens[layer]
+        return self.learnable_tokens_a[layer] @ self.learnable_tokens_b[layer]
+
+    def all_tokens(self) -> Tensor:
+        """T_all = stack_i T_i (L, M, C)."""
+        if self.rank is None:
+            return self.learnable_tokens
+        return self.learnable_tokens_a @ self.learnable_tokens_b
+
+    def logits(self, x: Tensor, tokens: Tensor) -> Tensor:
+        """Λ = x·Tᵀ/√C (B, N, M); each modality's map gets its own temperature C^(−1/2) (§2.2, §3.1)."""
+        return x @ tokens.transpose(-1, -2) * self.embed_dim**-0.5
+
+    def delta(self, f: Tensor, weights: Tensor, tokens: Tensor) -> Tensor:
+        """Δ = W₂(G + f) + b₂ with G = S[..., 1:]·(T[1:]W₁ᵀ + b₁) (§2.2).
+
+        Token 0 is in the softmax ``weights`` S but not among the values: a learnable sink that lets a patch take
+        little from the others. ``tokens`` may be per image (B, M, C) as well as shared (M, C).
+        """
+        values = self.mlp_token2feat(tokens[..., 1:, :])  # V = T[1:]W₁ᵀ + b₁
+        attended = weights[..., 1:] @ values  # G
+        return self.mlp_delta_f(attended + f)  # inner residual G + f
+
+    def refinement(self, f: Tensor, layer: int) -> Tensor:
+        """s·Δ for the patch tokens f (B, N, C) after block ``layer``."""
+        tokens = self.layer_tokens(layer)
+        weights = self.logits(f, tokens).softmax(dim=-1)  # S = softmax over the M tokens
+        return self.scale * self.delta(f, weights, tokens)
+
+    def forward(self, tokens: Tensor, layer: int, depth: Tensor | None = None) -> Tensor:
+        return tokens + self.refinement(tokens, layer)  # outer residual f' = f + s·Δ
+
+    def queries(self) -> Tensor | None:
+        """Q = merge([max, mean, last] over layers of transform(T_all)) (M, D_q) (§2.4); None without the link.
+
+        The three statistics of channel c sit at merge-input index 3·c + k, as in the authors' weights.
+        """
+        if not self.link_token_to_query:
+            return None
+        per_layer = self.transform(self.all_tokens()).permute(1, 2, 0)  # U (M, D_q, L)
+        stats = torch.stack([per_layer.amax(dim=-1), per_layer.mean(dim=-1), per_layer[..., -1]], dim=-1)
+        return self.merge(stats.flatten(1))  # (M, D_q, 3) → (M, 3·D_q) → (M, D_q)

@@ -1,0 +1,176 @@
+"""Frozen depth VFM (Depth Anything V2 / Prompt Depth Anything, HF transformers) as a per-block feature source.
+
+Only its DINOv2 encoder runs for features (SPEC §1.2); the DPT head runs only in ``predict_depth`` for pictures.
+The token grid is aligned to the visual backbone's grid as chosen in SPEC D1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from timm.layers import resample_patch_embed
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForDepthEstimation, PreTrainedModel
+
+from src.models.weights import hub_offline, missing_weights
+
+#: DepthAnythingForDepthEstimation rejects a plain 'sdpa'; its DINOv2 backbone supports it (API-NOTES §3).
+_ATTN = {"backbone_config": "sdpa"}
+
+
+def _builtin(value: Any) -> Any:
+    """Hydra hands nested DictConfig/ListConfig; HF configs need plain dicts and lists (JSON-serialisable)."""
+    if isinstance(value, Mapping):
+        return {str(k): _builtin(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_builtin(v) for v in value]
+    return value
+
+
+def _looks_like_path(name: str) -> bool:
+    """A hub id is ``repo`` or ``org/repo``; anything else is meant as a local directory."""
+    return name.startswith((".", "~", "/")) or name.count("/") > 1 or Path(name).expanduser().exists()
+
+
+def _resample_patch(model: PreTrainedModel, patch: int) -> None:
+    """SPEC D1 ``resample_patch``: resize the patch kernel bicubically (the authors' converter, §1.2).
+
+    Every place HF reads the patch size is updated so the encoder, its pos-embed interpolation and the DPT head
+    all see the new grid; the pos-embed itself is interpolated to the grid at run time by HF Dinov2.
+    """
+    embeddings = model.backbone.embeddings
+    old = embeddings.patch_embeddings.projection
+    new = nn.Conv2d(old.in_channels, old.out_channels, kernel_size=patch, stride=patch)
+    with torch.no_grad():
+        new.weight.copy_(resample_patch_embed(old.weight, [patch, patch]))
+        new.bias.copy_(old.bias)
+    embeddings.patch_embeddings.projection = new
+    embeddings.patch_embeddings.patch_size = (patch, patch)
+    embeddings.patch_size = patch
+    model.backbone.config.patch_size = patch
+    model.config.patch_size = patch
+    model.head.patch_size = patch
+
+
+class DepthBackbone(nn.Module):
+    """Frozen Depth Anything encoder returning every block's raw patch tokens on the visual token grid.
+
+    ``pretrained``: a hub id (``depth-anything/Depth-Anything-V2-Large-hf``, ``depth-anything/prompt-depth-anything-
+    vitl-hf``) or a ``save_pretrained`` directory. ``config``: kwargs of a random-init model of ``model_type``
+    (``depth_anything`` or ``prompt_depth_anything``) for tests and hub-less smoke runs. ``align``: SPEC D1;
+    ``visual_patch_size`` is the kernel size ``resample_patch`` converts to. ``local_files_only`` defaults to
+    ``HF_HUB_OFFLINE``.
+    """
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        config: dict | None = None,
+        model_type: str = "depth_anything",
+        align: Literal["resize_input", "resample_patch"] = "resize_input",
+        cache_dir: str | None = None,
+        local_files_only: bool | None = None,
+        visual_patch_size: int = 16,
+    ) -> None:
+        super().__init__()
+        if (pretrained is None) == (config is None):
+            raise ValueError("give exactly one of `pretrained` (hub id or directory) and `config` (random init)")
+        if align not in ("resize_input", "resample_patch"):
+            raise ValueError(f"align must be 'resize_input' or 'resample_patch', got {align!r}")
+        if pretrained is not None:
+            offline = hub_offline() if local_files_only is None else local_files_only
+            self.model = self._load(pretrained, cache_dir, offline)
+        else:
+            config = _builtin(config)
+            if isinstance(config.get("backbone_config"), dict):
+                config["backbone_config"].setdefault("model_type", "dinov2")
+            self.model = AutoModelForDepthEstimation.from_config(
+                AutoConfig.for_model(model_type, **config), attn_implementation=dict(_ATTN)
+            )
+        if align == "resample_patch":
+            _resample_patch(self.model, visual_patch_size)
+        self.model.requires_grad_(False).eval()
+
+        self.align = align
+        backbone_config = self.model.backbone.config
+        self.num_layers: int = backbone_config.num_hidden_layers
+        self.embed_dim: int = backbone_config.hidden_size
+        self.patch_size: int = backbone_config.patch_size
+
+    @staticmethod
+    def _load(pretrained: str, cache_dir: str | None, local_files_only: bool) -> PreTrainedModel:
+        what = f"depth model {pretrained!r}"
+        if not _looks_like_path(pretrained):
+            source, fetch = f"the hub id {pretrained!r}", f"--hf {pretrained}"
+        elif Path(pretrained).expanduser().is_dir():
+            pretrained, source, fetch = str(Path(pretrained).expanduser()), "a local directory", "--hf <hub id>"
+        else:
+            reason = "no such directory (expected the output of `save_pretrained`)"
+            raise missing_weights(what, "a local directory", "--hf <hub id>", reason, cache_dir)
+        try:
+            return AutoModelForDepthEstimation.from_pretrained(
+                pretrained, attn_implementation=dict(_ATTN), cache_dir=cache_dir, local_files_only=local_files_only
+            )
+        except OSError as err:  # offline cache miss, no network, unknown repo, incomplete directory
+            raise missing_weights(what, source, fetch, err, cache_dir) from err
+
+    def train(self, mode: bool = True) -> DepthBackbone:
+        """The depth VFM never trains (SPEC D1): stay in eval mode whatever the trainer asks."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def _input(self, images: Tensor, grid: tuple[int, int]) -> Tensor:
+        """The normalised image as the depth encoder must see it to emit exactly ``grid`` patch tokens."""
+        target = (self.patch_size * grid[0], self.patch_size * grid[1])
+        if self.align == "resample_patch":
+            own = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+            if own != tuple(grid):
+                raise ValueError(f"depth grid {own} != visual grid {tuple(grid)}; use the same patch size")
+            return images
+        if tuple(images.shape[-2:]) == target:
+            return images
+        return F.interpolate(images, size=target, mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor, grid: tuple[int, int]) -> list[Tensor]:
+        """Raw (pre-layernorm) output of every encoder block, prefix dropped: L_d tensors (B, g_h·g_w, C_d).
+
+        Computed without autograd, so the visual stream uses them as constants (no grad_fn).
+        """
+        hidden = self.model.backbone(self._input(images, grid), output_hidden_states=True).hidden_states
+        num_patches = grid[0] * grid[1]
+        return [h[:, h.shape[1] - num_patches :] for h in hidden[1:]]
+
+    @torch.no_grad()
+    def predict_depth(self, images: Tensor) -> Tensor:
+        """Relative depth (B, H, W) from the full model (encoder + DPT head), for visualisation only."""
+        depth = self.model(pixel_values=images).predicted_depth
+        return F.interpolate(depth[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+def pair_depth_tokens(tokens: list[Tensor], num_layers: int, dim: int) -> list[Tensor]:
+    """Map L_d depth tensors onto L_v visual layers and width ``dim`` without parameters (SPEC D1).
+
+    Visual layer i reads depth layer round_half_up(i·(L_d−1)/(L_v−1)) (identity when L_d == L_v; L_v == 1 reads
+    the last); channels are zero-padded or truncated to ``dim`` (SAM-H 1280 vs DA-L 1024).
+    """
+    depth_layers = len(tokens)
+    if num_layers == 1:
+        indices = [depth_layers - 1]
+    else:
+        span = num_layers - 1
+        indices = [(2 * i * (depth_layers - 1) + span) // (2 * span) for i in range(num_layers)]
+    matched = {j: _match_width(tokens[j], dim) for j in set(indices)}
+    return [matched[j] for j in indices]
+
+
+def _match_width(tokens: Tensor, dim: int) -> Tensor:
+    width = tokens.shape[-1]
+    if width == dim:
+        return tokens
+    return F.pad(tokens, (0, dim - width)) if width < dim else tokens[..., :dim]

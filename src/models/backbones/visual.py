@@ -1,0 +1,225 @@
+"""Frozen visual VFM (any timm ViT, EVA or SAM) that calls a token adapter between its blocks (SPEC §1.1).
+
+One wrapper serves every family so that adapters, decoders and heads never know which ViT they sit on: the
+family-specific part is only the embed + block loop, written once per timm class below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models._manipulate import checkpoint
+from timm.models.eva import Eva
+from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer_sam import VisionTransformerSAM
+from torch import Tensor, nn
+
+from src.models.adapters.base import Adapter
+from src.models.weights import missing_weights, timm_weight_source
+
+#: Output scale of each of the 4 levels relative to the stride-16 token grid (SPEC §1.1: strides 4/8/16/32).
+LEVEL_SCALES = (4.0, 2.0, 1.0, 0.5)
+
+#: A step receives (layer index, patch tokens (B, N, C)) after each block and returns the patch tokens.
+BlockStep = Callable[[int, Tensor], Tensor]
+
+
+def default_out_indices(num_layers: int) -> list[int]:
+    """Blocks 8/12/16/24 of a 24-layer ViT (SPEC §1.1), scaled to other depths.
+
+    Rule: ``round_half_up(k·L/24) − 1`` for k in (8, 12, 16, 24), clamped to [0, L−1]. Duplicates are kept
+    (L=2 gives [0, 0, 0, 1]) because every level needs a map, and the same block may feed several levels.
+    L=32 (SAM-H) gives [10, 15, 20, 31].
+    """
+    return [min(max((2 * k * num_layers + 24) // 48 - 1, 0), num_layers - 1) for k in (8, 12, 16, 24)]
+
+
+def _run_block(model: nn.Module, block: nn.Module, x: Tensor, **kwargs: Tensor | None) -> Tensor:
+    """Run one block, recomputing its activations in backward when the model has grad checkpointing on."""
+    if model.grad_checkpointing and torch.is_grad_enabled():
+        return checkpoint(block, x, **kwargs)
+    return block(x, **kwargs)
+
+
+def _with_patches(x: Tensor, num_prefix: int, step: BlockStep, layer: int) -> Tensor:
+    """Hand only the patch tokens to ``step``; prefix tokens (cls/registers) bypass it unchanged."""
+    if num_prefix == 0:
+        return step(layer, x)
+    return torch.cat([x[:, :num_prefix], step(layer, x[:, num_prefix:])], dim=1)
+
+
+def _vit_blocks(model: VisionTransformer, images: Tensor, step: BlockStep) -> None:
+    """DINOv2 / CLIP / plain ViT: exactly ``forward_features`` up to (not including) the final norm."""
+    x = model.patch_embed(images)
+    x = model._pos_embed(x)
+    x = model.patch_drop(x)
+    x = model.norm_pre(x)
+    for i, block in enumerate(model.blocks):
+        x = _with_patches(_run_block(model, block, x), model.num_prefix_tokens, step, i)
+
+
+def _eva_blocks(model: Eva, images: Tensor, step: BlockStep) -> None:
+    """EVA02: like ViT, but every block also takes the rotary embedding of the current grid."""
+    x = model.patch_embed(images)
+    x, rope = model._pos_embed(x)
+    x = model.norm_pre(x)
+    per_block_rope = getattr(model, "rope_mixed", False) and rope is not None
+    for i, block in enumerate(model.blocks):
+        x = _run_block(model, block, x, rope=rope[i] if per_block_rope else rope)
+        x = _with_patches(x, model.num_prefix_tokens, step, i)
+
+
+def _sam_blocks(model: VisionTransformerSAM, images: Tensor, step: BlockStep) -> None:
+    """SAM: NHWC tokens and no prefix; the grid is flattened for the step and restored for the next block."""
+    x = model.patch_embed(images)
+    x = x + timm.layers.resample_abs_pos_embed_nhwc(model.pos_embed, x.shape[1:3])
+    x = model.pos_drop(x)
+    x = model.patch_drop(x)
+    x = model.norm_pre(x)
+    for i, block in enumerate(model.blocks):
+        x = _run_block(model, block, x)
+        b, h, w, c = x.shape
+        x = step(i, x.reshape(b, h * w, c)).reshape(b, h, w, c)
+
+
+_FAMILIES: dict[type[nn.Module], Callable[[nn.Module, Tensor, BlockStep], None]] = {
+    VisionTransformer: _vit_blocks,
+    Eva: _eva_blocks,
+    VisionTransformerSAM: _sam_blocks,
+}
+_SUPPORTED = "(" + ", ".join(cls.__name__ for cls in _FAMILIES) + ")"
+
+
+def _is_sam(model_name: str) -> bool:
+    """SAM is built differently (no ``dynamic_img_size``; weights only load at the native image size)."""
+    entrypoint = timm.models.model_entrypoint(timm.models.get_arch_name(model_name))
+    return entrypoint.__module__ == VisionTransformerSAM.__module__
+
+
+def _create(model_name: str, **kwargs: object) -> nn.Module:
+    """``timm.create_model``; a non-ViT (no img_size/patch_size/dynamic_img_size kwargs) gets a clear error."""
+    try:
+        return timm.create_model(model_name, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"{model_name!r} cannot be built as a backbone of a family {_SUPPORTED}: {err}") from err
+
+
+class VisualBackbone(nn.Module):
+    """Frozen timm ViT returning 4 maps at strides 4/8/16/32, with an adapter called after every block.
+
+    Weights: ``checkpoint_path`` (a local .safetensors/.pth/.bin, takes precedence) or ``pretrained=True`` (timm
+    hub weights, honouring ``cache_dir`` and ``HF_HUB_OFFLINE``). Both go through timm's checkpoint filter, which
+    resamples the patch kernel (e.g. 14→16) and the pos-embed to the ``img_size // patch_size`` grid (SPEC D2).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        img_size: int = 512,
+        patch_size: int = 16,
+        out_indices: list[int] | None = None,
+        model_kwargs: dict | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = self._build(model_name, pretrained, checkpoint_path, img_size, patch_size, model_kwargs, cache_dir)
+        self._blocks = next((fn for cls, fn in _FAMILIES.items() if isinstance(self.model, cls)), None)
+        if self._blocks is None:
+            raise ValueError(f"{model_name!r} builds a {type(self.model).__name__}, not a family {_SUPPORTED}")
+        self.model.requires_grad_(False).eval()
+
+        self.embed_dim: int = self.model.embed_dim
+        self.num_layers: int = len(self.model.blocks)
+        self.patch_size: int = self.model.patch_embed.patch_size[0]
+        self.num_prefix_tokens: int = getattr(self.model, "num_prefix_tokens", 0)
+        self.out_indices: list[int] = (
+            list(out_indices) if out_indices is not None else default_out_indices(self.num_layers)
+        )
+        if len(self.out_indices) != len(LEVEL_SCALES) or not all(0 <= i < self.num_layers for i in self.out_indices):
+            raise ValueError(f"out_indices must be 4 block indices in [0, {self.num_layers}), got {self.out_indices}")
+
+    @staticmethod
+    def _build(
+        model_name: str,
+        pretrained: bool,
+        checkpoint_path: str | None,
+        img_size: int,
+        patch_size: int,
+        model_kwargs: dict | None,
+        cache_dir: str | None,
+    ) -> nn.Module:
+        with_weights = pretrained or checkpoint_path is not None
+        kwargs: dict = {"num_classes": 0, "patch_size": patch_size}
+        if not _is_sam(model_name):
+            kwargs |= {"img_size": img_size, "dynamic_img_size": True}
+        elif not with_weights:
+            # SAM's filter cannot resample pos/rel-pos, so a checkpoint loads only at its native img_size; the
+            # model then resamples both in forward for any input size (API-NOTES §2).
+            kwargs["img_size"] = img_size
+        kwargs |= dict(model_kwargs or {})
+        what, fetch = f"timm model {model_name!r}", f"--timm {model_name}"
+        if checkpoint_path is not None:
+            path = Path(checkpoint_path).expanduser()
+            if not path.is_file():
+                raise missing_weights(what, f"local file {str(path)!r}", fetch, "no such file", cache_dir)
+            return _create(model_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+        if not pretrained:
+            return _create(model_name, pretrained=False, **kwargs)
+        try:
+            return _create(model_name, pretrained=True, cache_dir=cache_dir, **kwargs)
+        except OSError as err:  # hub miss in offline mode, no network, HTTP errors: all OSError subclasses
+            raise missing_weights(what, f"the hub ({timm_weight_source(model_name)})", fetch, err, cache_dir) from err
+
+    def train(self, mode: bool = True) -> VisualBackbone:
+        """Keep the frozen VFM in eval mode whatever the trainer asks (SPEC §1.3)."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in backward: the adapter's gradient still flows through every block."""
+        self.model.set_grad_checkpointing(enable)
+
+    def grid_size(self, h: int, w: int) -> tuple[int, int]:
+        """Token grid of an h×w input (the patch embedding floors partial patches)."""
+        ph, pw = self.model.patch_embed.patch_size
+        return h // ph, w // pw
+
+    def forward(
+        self, images: Tensor, adapter: Adapter | None = None, depth_tokens: list[Tensor] | None = None
+    ) -> list[Tensor]:
+        """Run the blocks with ``adapter(patch_tokens, i, depth_tokens[i])`` after block i; return the 4 maps.
+
+        Gradients flow through the frozen blocks to the adapter's parameters (no ``no_grad`` here).
+        """
+        grid = self.grid_size(*images.shape[-2:])
+        if depth_tokens is not None:
+            if len(depth_tokens) != self.num_layers:
+                raise ValueError(f"need one depth tensor per visual layer ({self.num_layers}), got {len(depth_tokens)}")
+            if depth_tokens[0].shape[1] != grid[0] * grid[1]:
+                raise ValueError(f"depth tokens have {depth_tokens[0].shape[1]} positions, visual grid is {grid}")
+        collected: dict[int, Tensor] = {}
+
+        def step(layer: int, tokens: Tensor) -> Tensor:
+            if adapter is not None:
+                tokens = adapter(tokens, layer, depth_tokens[layer] if depth_tokens is not None else None)
+            if layer in self.out_indices:
+                collected[layer] = tokens
+            return tokens
+
+        self._blocks(self.model, images, step)
+        return [self._to_map(collected[i], grid, scale) for i, scale in zip(self.out_indices, LEVEL_SCALES)]
+
+    @staticmethod
+    def _to_map(tokens: Tensor, grid: tuple[int, int], scale: float) -> Tensor:
+        """(B, N, C) row-major patch tokens → (B, C, g_h, g_w), resampled bilinearly to the level's stride."""
+        fmap = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+        if scale == 1.0:
+            return fmap
+        return F.interpolate(fmap, scale_factor=scale, mode="bilinear", align_corners=False)
