@@ -91,7 +91,8 @@ class Result:
         status = "OK" if not self.errors else ("FAIL" if self.entry.required else "absent")
         head = f"[{status:>6}] {self.entry.dataset}/{self.entry.split}: {self.found} pairs"
         head += f" (expected {self.entry.expected:,}), {self.checked} decoded  {self.root}"
-        return "\n".join([head, *(f"    {'error' if self.entry.required else 'note'}: {e}" for e in self.errors), *(f"    {n}" for n in self.notes)])
+        kind = "error" if self.entry.required else "note"
+        return "\n".join([head, *(f"    {kind}: {e}" for e in self.errors), *(f"    {n}" for n in self.notes)])
 
 
 def check_entry(entry: Entry, data_root: str | Path, samples: int = 20, full: bool = False) -> Result:

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from src.data.sampler import ResumableSampler
+from src.data.sampler import ResumableSampler, SeededDataset
 
 
 class DGDataModule(L.LightningDataModule):
@@ -87,7 +87,7 @@ class DGDataModule(L.LightningDataModule):
                 sampler.set_epoch(self._resume["epoch"])
                 sampler.skip(done * self.batch_size)
             self._resume = None
-        return self._loader(self.source, self.batch_size, sampler=sampler, drop_last=True)
+        return self._loader(SeededDataset(self.source), self.batch_size, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(self.targets[n], self.val_batch_size) for n in self.target_names]

@@ -1,16 +1,28 @@
-"""A seeded, DDP-aware training sampler that can resume in the middle of an epoch."""
+"""A seeded, DDP-aware training sampler that can resume mid-epoch, and per-sample seeded augmentation."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import albumentations as A
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
+
+from src.data.transforms import reseed
 
 
-class ResumableSampler(Sampler[int]):
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed for one draw of one sample; distinct across (seed, epoch, index)."""
+    return ((seed * 1_000_003 + epoch) * 2_147_483_629 + index) & 0xFFFFFFFF
+
+
+class ResumableSampler(Sampler[tuple[int, int]]):
     """Shuffles ``size`` indices with a generator seeded by (seed, epoch) and splits them across ranks.
+
+    Yields ``(index, augmentation_seed)`` pairs for :class:`SeededDataset`, so that a sample's augmentation is a
+    function of (seed, epoch, index) alone: the same with any number of workers, and the same after a resume.
 
     ``skip(n)`` drops the first ``n`` indices of the next iteration only, so that a run restored mid-epoch
     sees exactly the samples it had not seen yet. ``__len__`` keeps reporting the full epoch so Lightning's
@@ -39,7 +51,7 @@ class ResumableSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.num_samples
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.size, generator=g)
@@ -49,4 +61,21 @@ class ResumableSampler(Sampler[int]):
         order = torch.cat([order, order[: total - self.size]]) if total > self.size else order
         mine = order[self.rank : total : self.world_size].tolist()
         skip, self._skip = self._skip, 0
-        return iter(mine[skip:])
+        return iter([(i, sample_seed(self.seed, self.epoch, i)) for i in mine[skip:]])
+
+
+class SeededDataset(Dataset):
+    """Reseeds the wrapped dataset's albumentations pipeline from the key that :class:`ResumableSampler` yields."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        transform = getattr(self.dataset, "transform", None)
+        if isinstance(transform, A.BaseCompose):
+            reseed(transform, seed)
+        return self.dataset[index]

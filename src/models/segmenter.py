@@ -12,8 +12,10 @@ from src.models.backbones.depth import DepthBackbone, pair_depth_tokens
 from src.models.backbones.visual import VisualBackbone
 from src.models.heads.mask2former import HeadOutput
 
-#: substrings of parameter names that never get weight decay (SPEC §7.1 custom keys).
-NO_DECAY_KEYS = ("norm", "query_embed", "level_embed", "learnable_tokens", "token_adapter.scale")
+#: substrings of parameter names that never get weight decay (SPEC §7.1 custom keys; VPT prompts are tokens too).
+NO_DECAY_KEYS = ("norm", "query_embed", "level_embed", "learnable_tokens", "prompts")
+#: HF's name for mmdet's pixel-decoder ``level_encoding``, which does get weight decay (SPEC §7.1 table).
+DECAY_KEYS = ("pixel_decoder.level_embed",)
 _NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
@@ -118,7 +120,11 @@ class Segmenter(nn.Module):
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            decay = not (name in no_decay_modules or any(k in name for k in NO_DECAY_KEYS))
+            decay = not (
+                name in no_decay_modules
+                or any(k in name for k in NO_DECAY_KEYS)
+                or (name.startswith("token_adapter.") and name.endswith("scale"))  # s of REIN/DepthForge/FADA
+            ) or any(k in name for k in DECAY_KEYS)
             in_backbone = name in self._vfm_param_names
             groups.setdefault((in_backbone, decay), []).append((name, p))
         out = []

@@ -27,6 +27,6 @@ def build_list(cfg: DictConfig | None) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
-    callbacks = build_list(cfg.get("callbacks"))
-    loggers = build_list(cfg.get("logger"))
-    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+    """The trainer with the configured callbacks and loggers; ``overrides`` replace any Trainer argument."""
+    kwargs = {"callbacks": build_list(cfg.get("callbacks")), "logger": build_list(cfg.get("logger")) or False}
+    return hydra.utils.instantiate(cfg.trainer, **{**kwargs, **overrides})

@@ -7,6 +7,7 @@ encodings (in order of preference). The label of `<image_dir>/<rel><image_suffix
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,10 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from src.data.labels import LabelEncoding
-from src.data.transforms import build_test_transform
+from src.data.transforms import build_test_transform, reseed
 
 _MAX_LISTED = 5
 
@@ -41,6 +42,8 @@ class Layout:
 
 
 class Sample(NamedTuple):
+    """One pair; `encoding` is the raw encoding its label file was found in, `name` its path stem in the layout."""
+
     image: Path
     label: Path
     encoding: LabelEncoding
@@ -76,6 +79,7 @@ class SegmentationDataset(Dataset, ABC):
 
     def __init__(self, transform: A.BaseCompose | None = None) -> None:
         self.transform = transform if transform is not None else build_test_transform(scale=None)
+        self._seeded_pid: int | None = None
 
     @abstractmethod
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +89,19 @@ class SegmentationDataset(Dataset, ABC):
     def name(self, index: int) -> str:
         """A name unique within the dataset (used for saved predictions)."""
 
+    def _seed_worker(self) -> None:
+        """In a DataLoader worker, reseed the transform once from torch's per-worker seed.
+
+        Forked workers inherit identical generators and would draw identical augmentations; torch's worker seed
+        differs per worker and follows the loader's generator, so runs stay reproducible.
+        """
+        info = get_worker_info()
+        if info is not None and self._seeded_pid != os.getpid():
+            reseed(self.transform, info.seed % 2**32)
+            self._seeded_pid = os.getpid()
+
     def __getitem__(self, index: int) -> dict[str, Any]:
+        self._seed_worker()
         image, label = self.load(index)
         out = self.transform(image=image, mask=label)
         return {"image": out["image"], "label": torch.as_tensor(out["mask"]).long(), "name": self.name(index)}

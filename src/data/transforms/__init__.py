@@ -16,7 +16,6 @@ from src.data.transforms.pipelines import (
     build_train_transform,
     reseed,
     short_edge_choices,
-    worker_init_fn,
 )
 
 __all__ = [
@@ -33,5 +32,4 @@ __all__ = [
     "reseed",
     "short_edge_choices",
     "short_edge_size",
-    "worker_init_fn",
 ]

@@ -1,9 +1,9 @@
 """Train and test pipelines (SPEC §6.3, §6.4) as Hydra-callable factories, and per-worker reseeding.
 
 Inputs are RGB uint8 images and uint8 train-ID labels; outputs are a normalised float (3, h, w) image tensor and
-a uint8 label tensor. albumentations 2.x seeds every transform of a `Compose` with the same seed (correlated
-draws) and forked DataLoader workers inherit identical generators, so `reseed` gives all transforms one shared
-generator and `worker_init_fn` reseeds each worker from torch's per-worker seed.
+a uint8 label tensor. albumentations 2.x seeds every transform of a `Compose` with the same seed, which makes
+their draws correlated; `reseed` gives all transforms one shared generator instead (datasets also use it to
+reseed each DataLoader worker).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import albumentations as A
 import cv2
 import numpy as np
-import torch
 from albumentations.pytorch import ToTensorV2
 
 from src.data.labels import IGNORE_INDEX
@@ -84,23 +83,3 @@ def build_test_transform(scale: tuple[int, int] | None = (1024, 512)) -> A.Compo
     """
     transforms: list[A.BasicTransform] = [] if scale is None else [KeepRatioResize(tuple(scale))]
     return A.Compose([*transforms, _normalise(), ToTensorV2()])
-
-
-def worker_init_fn(worker_id: int) -> None:
-    """DataLoader hook: reseed the worker's dataset transforms from torch's per-worker seed.
-
-    torch derives that seed from the loader's base seed, so runs are reproducible under `seed_everything` while
-    workers draw different augmentations. Handles datasets wrapped in ConcatDataset/Subset.
-    """
-    info = torch.utils.data.get_worker_info()
-    if info is None:
-        return
-    stack = [info.dataset]
-    while stack:
-        dataset = stack.pop()
-        stack.extend(getattr(dataset, "datasets", []))
-        if hasattr(dataset, "dataset"):
-            stack.append(dataset.dataset)
-        transform = getattr(dataset, "transform", None)
-        if isinstance(transform, A.BaseCompose):
-            reseed(transform, info.seed % 2**32)

@@ -1,0 +1,206 @@
+"""MiniDG's two frozen "foundation models", pretrained on `random`-styled renders and saved as users' weights are.
+
+- Visual VFM: a DINOv2-style timm ViT (`vit_small_patch14_dinov2` shrunk to patch 8, width 128, 6 blocks, 4 heads,
+  cls token, LayerScale), pretrained without labels by SimMIM-style masked patch reconstruction of the *styled*
+  input: like MAE/CLIP-type VFMs it must keep the input's appearance (night and fog included), so its features
+  shift with the domain, which is the premise DepthForge addresses. Saved as a timm `model.safetensors`.
+- Depth VFM: a `transformers` Depth Anything (DINOv2 backbone of the same size with patch 14, DPT neck and head),
+  trained to regress relative inverse depth. Its patch is 14 like Depth Anything V2, so MiniDG exercises the
+  project's `resize_input` grid alignment (the 64x128 image is resized to 112x224 for an 8x16 token grid, the
+  visual ViT's grid). Saved with `save_pretrained`.
+
+Both read ImageNet-normalised RGB, the pipeline's preprocessing. Training is deterministic given the seed
+(1 thread, seeded sampling and masks, deterministic algorithms).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+from src.minidg.dataset import PretrainSet
+from src.minidg.render import IMAGE_SIZE, MAX_DEPTH
+
+VISUAL_ARCH = "vit_small_patch14_dinov2"
+VISUAL_KWARGS: dict = dict(img_size=IMAGE_SIZE, patch_size=8, embed_dim=128, depth=6, num_heads=4, num_classes=0)
+"""timm overrides of the visual VFM; loading its checkpoint needs the same ones."""
+VISUAL_GRID = (IMAGE_SIZE[0] // 8, IMAGE_SIZE[1] // 8)
+DEPTH_PATCH = 14
+MIN_DEPTH = 1.0  # metres; nearer is clamped in the depth target
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def create_visual_vfm(checkpoint: str | Path | None = None, **kwargs) -> nn.Module:
+    """The visual VFM; with `checkpoint`, loaded through timm's local-file path as users' weights are."""
+    if checkpoint is None:
+        return timm.create_model(VISUAL_ARCH, pretrained=False, **VISUAL_KWARGS, **kwargs)
+    return timm.create_model(VISUAL_ARCH, pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)),
+                             **VISUAL_KWARGS, **kwargs)  # fmt: skip
+
+
+def depth_vfm_config() -> DepthAnythingConfig:
+    """Depth Anything with a tiny DINOv2 backbone; out_indices scale V2-small's [3, 6, 9, 12] to 6 blocks."""
+    backbone = Dinov2Config(
+        hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512, patch_size=DEPTH_PATCH,
+        image_size=16 * DEPTH_PATCH, out_indices=[2, 3, 5, 6], apply_layernorm=True, reshape_hidden_states=False,
+    )  # fmt: skip
+    return DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=128, patch_size=DEPTH_PATCH,
+                               neck_hidden_sizes=[16, 32, 64, 128], fusion_hidden_size=16, head_hidden_size=8,
+                               depth_estimation_type="relative")  # fmt: skip
+
+
+def load_depth_vfm(directory: str | Path) -> DepthAnythingForDepthEstimation:
+    return DepthAnythingForDepthEstimation.from_pretrained(str(directory), local_files_only=True).eval()
+
+
+def normalize(images: np.ndarray) -> torch.Tensor:
+    """uint8 RGB (B, H, W, 3) -> ImageNet-normalised float (B, 3, H, W), the pipeline's preprocessing."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def depth_input(x: torch.Tensor, grid: tuple[int, int] = VISUAL_GRID) -> torch.Tensor:
+    """Resize to (14·g_h, 14·g_w) so the depth ViT's token grid is the visual one (SPEC D1, `resize_input`)."""
+    return F.interpolate(x, size=(DEPTH_PATCH * grid[0], DEPTH_PATCH * grid[1]), mode="bilinear", align_corners=False)
+
+
+def depth_target(depth: torch.Tensor) -> torch.Tensor:
+    """ln(D_max/d) / ln(D_max/D_min): relative inverse depth in log space, 1 at 1 m, 0 for the sky.
+
+    Like Depth Anything's disparity output it is non-negative (the head ends in ReLU) and grows with nearness;
+    the log spreads the 2-150 m range evenly instead of crushing everything beyond 10 m as 1/d would.
+    """
+    d = depth.clamp(MIN_DEPTH, MAX_DEPTH)
+    return torch.log(MAX_DEPTH / d) / math.log(MAX_DEPTH / MIN_DEPTH)
+
+
+def _patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, patch·patch·C), row-major patches like the ViT's tokens."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
+class _SimMIM(nn.Module):
+    """Masked patches are replaced by a learned token; a linear decoder predicts their normalised pixels."""
+
+    def __init__(self, vit: nn.Module, mask_ratio: float) -> None:
+        super().__init__()
+        self.vit, self.mask_ratio = vit, mask_ratio
+        self.patch = vit.patch_embed.patch_size[0]
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, vit.embed_dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.decoder = nn.Linear(vit.embed_dim, self.patch**2 * 3)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        vit = self.vit
+        tokens = vit.patch_embed(x)
+        mask = torch.rand(tokens.shape[:2], generator=generator) < self.mask_ratio
+        tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype), tokens)
+        tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(tokens)))
+        tokens = vit.norm(vit.blocks(tokens))[:, vit.num_prefix_tokens :]
+        error = (self.decoder(tokens) - _patchify(x, self.patch)).abs().mean(-1)
+        return (error * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _train(loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor], params: list[nn.Parameter],
+           data: PretrainSet, steps: int, batch_size: int, lr: float, seed: int, name: str) -> dict:  # fmt: skip
+    """AdamW (wd 0.05), 50 warm-up steps then cosine to 5%; random batches with horizontal flips. Returns a log."""
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    losses: list[float] = []
+    start, cpu_start = time.time(), time.process_time()
+    for step in range(steps):
+        scale = min(1.0, (step + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        for group in optimizer.param_groups:
+            group["lr"] = lr * scale
+        idx = rng.integers(0, len(data.images), batch_size)
+        images, depth = normalize(data.images[idx]), torch.from_numpy(data.depth[data.scene[idx]])
+        if rng.random() < 0.5:
+            images, depth = images.flip(-1), depth.flip(-1)
+        loss = loss_fn(images, depth, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if (step + 1) % 50 == 0:
+            print(f"{name} step {step + 1}/{steps} loss {np.mean(losses[-50:]):.4f} {time.time() - start:.0f}s",
+                  flush=True)  # fmt: skip
+    return {
+        "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "images_seen": steps * batch_size,
+        "loss_first20": float(np.mean(losses[:20])), "loss_last50": float(np.mean(losses[-50:])),
+        "loss_per50": [round(float(np.mean(losses[i : i + 50])), 4) for i in range(0, steps, 50)],
+        "seconds": round(time.time() - start, 1), "cpu_seconds": round(time.process_time() - cpu_start, 1),
+        "threads": torch.get_num_threads(),
+    }  # fmt: skip
+
+
+def _deterministic(seed: int) -> None:
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def pretrain_visual(data: PretrainSet, out_dir: Path, steps: int = 600, batch_size: int = 32, lr: float = 1e-3,
+                    seed: int = 0, mask_ratio: float = 0.5) -> dict:  # fmt: skip
+    """SimMIM-pretrain the visual VFM and write `out_dir/model.safetensors` (timm state dict, no head)."""
+    _deterministic(seed)
+    vit = create_visual_vfm(init_values=1.0)  # LayerScale starts at 1 (as HF DINOv2), not DINOv2-L's 1e-5
+    simmim = _SimMIM(vit, mask_ratio)
+    log = _train(lambda x, _, g: simmim(x, g), list(simmim.parameters()), data, steps, batch_size, lr, seed, "visual")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "model.safetensors"
+    vit.eval()
+    safetensors.torch.save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
+    _check_reload(vit, create_visual_vfm(path), data)
+    log.update(objective=f"SimMIM: L1 on ImageNet-normalised pixels of masked patches (ratio {mask_ratio})",
+               arch=VISUAL_ARCH, kwargs={k: list(v) if isinstance(v, tuple) else v for k, v in VISUAL_KWARGS.items()},
+               params=sum(p.numel() for p in vit.parameters()))  # fmt: skip
+    (out_dir / "pretrain_log.json").write_text(json.dumps(log, indent=1))
+    return log
+
+
+def pretrain_depth(data: PretrainSet, out_dir: Path, steps: int = 600, batch_size: int = 32, lr: float = 1e-3,
+                   seed: int = 0) -> dict:  # fmt: skip
+    """Train the depth VFM to regress `depth_target` (L1 at the render's resolution); `save_pretrained(out_dir)`."""
+    _deterministic(seed)
+    model = DepthAnythingForDepthEstimation(depth_vfm_config())
+
+    def loss_fn(x: torch.Tensor, depth: torch.Tensor, _: torch.Generator) -> torch.Tensor:
+        pred = model(pixel_values=depth_input(x)).predicted_depth[:, None]
+        pred = F.interpolate(pred, size=depth.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return (pred - depth_target(depth)).abs().mean()
+
+    log = _train(loss_fn, list(model.parameters()), data, steps, batch_size, lr, seed, "depth")
+    model.eval()
+    model.save_pretrained(str(out_dir))
+    _check_reload(model, load_depth_vfm(out_dir), data)
+    log.update(objective="L1 on ln(150/d)/ln(150) (relative inverse log-depth, sky = 0) at 64x128",
+               params=sum(p.numel() for p in model.parameters()))  # fmt: skip
+    (out_dir / "pretrain_log.json").write_text(json.dumps(log, indent=1))
+    return log
+
+
+@torch.no_grad()
+def _check_reload(trained: nn.Module, loaded: nn.Module, data: PretrainSet) -> None:
+    """The saved file, loaded the way users load weights, must reproduce the trained model exactly."""
+    x = normalize(data.images[:4])
+    if isinstance(trained, DepthAnythingForDepthEstimation):
+        a, b = trained(pixel_values=depth_input(x)).predicted_depth, loaded(pixel_values=depth_input(x)).predicted_depth
+    else:
+        a, b = trained.forward_features(x), loaded.eval().forward_features(x)
+    if not torch.equal(a, b):
+        raise RuntimeError(f"reloaded model differs from the trained one (max |diff| {(a - b).abs().max():.3g})")
