@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on every target domain of an experiment: a per-domain mIoU table (stdout, CSV, Markdown).
 
-    python -m src.eval experiment=citys2acdc ckpt_path=logs/train/runs/…/checkpoints/last.ckpt
+python -m src.eval experiment=citys2acdc ckpt_path=logs/train/runs/…/checkpoints/last.ckpt
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Segment a folder of images: colourised PNGs in the Cityscapes palette, optionally beside the depth map.
 
-    python -m src.predict experiment=gta2citys ckpt_path=… input_dir=photos/ output_dir=out/ with_depth=true
+python -m src.predict experiment=gta2citys ckpt_path=… input_dir=photos/ output_dir=out/ with_depth=true
 """
 
 from __future__ import annotations

@@ -9,8 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from src.data.synthetic import KINDS, write_dataset
-from src.data.synthetic import DATASET_DIRS
+from src.data.synthetic import DATASET_DIRS, KINDS, write_dataset
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # tiny stand-ins for the real VFMs and head, so every experiment builds in seconds on a CPU

@@ -42,9 +42,10 @@ def test_experiment_composes_and_instantiates(experiment, data_root, tmp_path):
         assert datamodule.target_names == EXPECTED_TARGETS[experiment]
     assert len(datamodule.source) > 0 and all(len(d) > 0 for d in datamodule.targets.values())
     batch = next(iter(datamodule.train_dataloader()))
-    assert batch["image"].shape[0] == cfg.data.batch_size and batch["label"].shape == batch["image"].shape[:1] + batch[
-        "image"
-    ].shape[2:]
+    assert (
+        batch["image"].shape[0] == cfg.data.batch_size
+        and batch["label"].shape == batch["image"].shape[:1] + batch["image"].shape[2:]
+    )
     build_trainer(cfg, logger=False)  # the trainer config (plugins, callbacks) instantiates too
 
 
@@ -75,5 +76,6 @@ def test_ablation_builds_and_trains_one_step(ablation, tmp_path):
     assert trainable and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
     uses_depth = ablation not in {"rein", "drd", "frozen", "full", "lora", "adaptformer", "vpt", "fada"}
     assert (seg.depth_backbone is not None) == uses_depth
-    assert (seg.refinement_decoder is not None) == (ablation in {"drd", "depthforge", "no_scale", "drd_paper",
-                                                                   "prompt_da"})
+    assert (seg.refinement_decoder is not None) == (
+        ablation in {"drd", "depthforge", "no_scale", "drd_paper", "prompt_da"}
+    )

@@ -26,10 +26,18 @@ def smoke_run(tmp_path_factory) -> Path:
     """`python -m src.train experiment=smoke` for a few steps, exactly as a user types it."""
     out = tmp_path_factory.mktemp("smoke")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "-m", "src.train", "experiment=smoke", "trainer.max_steps=4",
-           "trainer.val_check_interval=4", "trainer.log_every_n_steps=1",
-           "callbacks.model_checkpoint.every_n_train_steps=4",
-           f"paths.data_dir={out / 'data'}", f"hydra.run.dir={out / 'run'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "src.train",
+        "experiment=smoke",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=4",
+        "trainer.log_every_n_steps=1",
+        "callbacks.model_checkpoint.every_n_train_steps=4",
+        f"paths.data_dir={out / 'data'}",
+        f"hydra.run.dir={out / 'run'}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
@@ -51,8 +59,10 @@ def test_smoke_logs_per_domain_miou_and_writes_a_checkpoint(smoke_run):
 def test_checkpoint_holds_trainable_tensors_only(smoke_run):
     ckpt = safe_torch_load(smoke_run / "run" / "checkpoints" / "last.ckpt")
     keys = list(ckpt["state_dict"])
-    assert keys and all(k.startswith(("segmenter.token_adapter.", "segmenter.refinement_decoder.",
-                                      "segmenter.mask_head.")) for k in keys)
+    assert keys and all(
+        k.startswith(("segmenter.token_adapter.", "segmenter.refinement_decoder.", "segmenter.mask_head."))
+        for k in keys
+    )
     n_state = sum(len(g["params"]) for g in ckpt["optimizer_states"][0]["param_groups"])
     assert n_state == sum(1 for k in keys if "criterion.empty_weight" not in k)
     assert ckpt["global_step"] == 4 and ckpt["model_config"]["token_adapter"]["variant"] == "da_ao"
@@ -65,8 +75,11 @@ def test_eval_and_predict_run_on_the_smoke_checkpoint(smoke_run, tmp_path):
     assert [r["domain"] for r in rows[:4]] == list(DOMAINS)
     assert (tmp_path / "results.csv").is_file() and "| snow |" in (tmp_path / "results.md").read_text()
     images = smoke_run / "data" / "smoke" / "acdc" / "rgb_anon" / "fog" / "val"
-    cfg = compose_config([*base, f"input_dir={images}", f"output_dir={tmp_path / 'pred'}", "with_depth=true"],
-                         tmp_path, config_name="predict")
+    cfg = compose_config(
+        [*base, f"input_dir={images}", f"output_dir={tmp_path / 'pred'}", "with_depth=true"],
+        tmp_path,
+        config_name="predict",
+    )
     written = predict_folder(cfg)
     assert len(written) == len(list(images.rglob("*.png"))) and all(p.is_file() for p in written)
 
@@ -79,9 +92,18 @@ def test_checkpoint_from_another_config_is_refused(smoke_run, tmp_path):
 
 
 def _train(out: Path, data: Path, *extra: str) -> Path:
-    overrides = ["experiment=smoke", f"paths.data_dir={data}", "trainer.max_steps=6", "trainer.val_check_interval=100",
-                 "data.batch_size=2", "test=false", "callbacks.model_checkpoint.every_n_train_steps=1",
-                 "trainer.deterministic=true", "seed=1", *extra]
+    overrides = [
+        "experiment=smoke",
+        f"paths.data_dir={data}",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=100",
+        "data.batch_size=2",
+        "test=false",
+        "callbacks.model_checkpoint.every_n_train_steps=1",
+        "trainer.deterministic=true",
+        "seed=1",
+        *extra,
+    ]
     train(compose_config(overrides, out))
     return out / "checkpoints" / "last.ckpt"
 
@@ -98,5 +120,7 @@ def test_resume_after_a_crash_continues_exactly(smoke_run, tmp_path):
     assert straight["state_dict"].keys() == resumed["state_dict"].keys()
     for key, value in straight["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0, msg=key)
-    for a, b in zip(straight["optimizer_states"][0]["state"].values(), resumed["optimizer_states"][0]["state"].values()):
+    for a, b in zip(
+        straight["optimizer_states"][0]["state"].values(), resumed["optimizer_states"][0]["state"].values()
+    ):
         torch.testing.assert_close(a["exp_avg"], b["exp_avg"], rtol=0, atol=0)

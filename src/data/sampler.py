@@ -30,8 +30,9 @@ class ResumableSampler(Sampler[tuple[int, int]]):
     Lightning's ``use_distributed_sampler`` must be off: this sampler does the rank split itself.
     """
 
-    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, rank: int | None = None,
-                 world_size: int | None = None) -> None:
+    def __init__(
+        self, size: int, seed: int = 0, shuffle: bool = True, rank: int | None = None, world_size: int | None = None
+    ) -> None:
         if size <= 0:
             raise ValueError("the training dataset is empty")
         initialised = dist.is_available() and dist.is_initialized()

@@ -80,7 +80,9 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         defaults = self.optimizer_factory.keywords if isinstance(self.optimizer_factory, functools.partial) else {}
-        groups = self.segmenter.param_groups(lr=defaults.get("lr", 1e-4), weight_decay=defaults.get("weight_decay", 0.0))
+        groups = self.segmenter.param_groups(
+            lr=defaults.get("lr", 1e-4), weight_decay=defaults.get("weight_decay", 0.0)
+        )
         optimizer = self.optimizer_factory(groups)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
@@ -145,7 +147,9 @@ class SegmentationModule(L.LightningModule):
         image = torch.nn.functional.interpolate(image[None].float(), size=(h, w), mode="bilinear")[0]
         panel = torch.cat([image.permute(1, 2, 0).byte(), label, pred], dim=1).cpu().numpy()
         for lg in loggers:
-            lg.log_image(key=f"val/{domain}/example_{batch_idx}", images=[panel], caption=["image | label | prediction"])
+            lg.log_image(
+                key=f"val/{domain}/example_{batch_idx}", images=[panel], caption=["image | label | prediction"]
+            )
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -162,9 +166,7 @@ class SegmentationModule(L.LightningModule):
             raise CheckpointError("not a depthforge checkpoint: it has no 'model_config' or no 'state_dict'")
         diffs = config_differences(saved, self.model_config)
         if diffs:
-            raise CheckpointError(
-                "checkpoint was made for another model configuration:\n  " + "\n  ".join(diffs[:20])
-            )
+            raise CheckpointError("checkpoint was made for another model configuration:\n  " + "\n  ".join(diffs[:20]))
         self.segmenter.load_trainable_state_dict(
             {k.removeprefix("segmenter."): v for k, v in checkpoint["state_dict"].items()}
         )

@@ -67,8 +67,12 @@ def test_optimiser_holds_the_trainable_parameters_in_the_spec_groups(module):
         assert wd[name] == 0.05
     assert all(wd[n] == 0.0 for n in wd if "norm" in n)
     assert all(wd[n] == 0.05 for n in wd if n.startswith("refinement_decoder."))
-    group_norms = [f"mask_head.{m}.{p}" for m, mod in seg.mask_head.named_modules()
-                   if isinstance(mod, torch.nn.GroupNorm) for p, _ in mod.named_parameters()]
+    group_norms = [
+        f"mask_head.{m}.{p}"
+        for m, mod in seg.mask_head.named_modules()
+        if isinstance(mod, torch.nn.GroupNorm)
+        for p, _ in mod.named_parameters()
+    ]
     assert group_norms and all(wd[n] == 0.0 for n in group_norms)
     level = [n for n in wd if "level_embed" in n]
     assert level and all(wd[n] == (0.05 if "pixel_decoder" in n else 0.0) for n in level)
