@@ -27,10 +27,12 @@ from src.minidg.pretrain import pretrain_depth, pretrain_visual  # noqa: E402
 def _pretrain(kind: str, args: argparse.Namespace) -> dict:
     data = load_pretrain_set(args.data)
     if kind == "visual":
-        return pretrain_visual(data, args.out / "visual_vit", steps=args.visual_steps, batch_size=args.batch_size,
-                               seed=args.seed)  # fmt: skip
-    return pretrain_depth(data, args.out / "depth_anything", steps=args.depth_steps, batch_size=args.batch_size,
-                          seed=args.seed)  # fmt: skip
+        return pretrain_visual(
+            data, args.out / "visual_vit", steps=args.visual_steps, batch_size=args.visual_batch_size, seed=args.seed
+        )
+    return pretrain_depth(
+        data, args.out / "depth_anything", steps=args.depth_steps, batch_size=args.depth_batch_size, seed=args.seed
+    )
 
 
 def main() -> None:
@@ -41,7 +43,8 @@ def main() -> None:
     parser.add_argument("--num-scenes", type=int, default=4000, help="scenes in the pretraining set (2 stylings)")
     parser.add_argument("--visual-steps", type=int, default=600)
     parser.add_argument("--depth-steps", type=int, default=600)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--visual-batch-size", type=int, default=32)
+    parser.add_argument("--depth-batch-size", type=int, default=16)
     parser.add_argument("--only", choices=("visual", "depth"), help="make one of the two")
     parser.add_argument("--jobs", type=int, default=2, help="processes (1 thread each)")
     args = parser.parse_args()
@@ -54,8 +57,10 @@ def main() -> None:
     else:
         logs = [_pretrain(kind, args) for kind in kinds]
     for kind, log in zip(kinds, logs):
-        print(f"{kind}: {log['steps']} steps x {log['batch_size']}, loss {log['loss_first20']:.4f} -> "
-              f"{log['loss_last50']:.4f}, {log['seconds']:.0f} s, {log['params'] / 1e6:.2f} M params")  # fmt: skip
+        print(
+            f"{kind}: {log['steps']} steps x {log['batch_size']}, loss {log['loss_first20']} -> "
+            f"{log['loss_last50']}, {log['seconds']:.0f} s, {log['params'] / 1e6:.2f} M params"
+        )
 
 
 if __name__ == "__main__":

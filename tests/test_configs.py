@@ -79,3 +79,11 @@ def test_ablation_builds_and_trains_one_step(ablation, tmp_path):
     assert (seg.refinement_decoder is not None) == (
         ablation in {"drd", "depthforge", "no_scale", "drd_paper", "prompt_da"}
     )
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=citys2acdc", "hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.gpus_per_node == 1

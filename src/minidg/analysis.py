@@ -53,8 +53,10 @@ def feature_stability(assets: Path, num_scenes: int = 150, seed: int = 0) -> dic
     }
     result: dict[str, dict[str, list[float]]] = {}
     for name, (model, extract) in models.items():
-        feats = {d: torch.cat([extract(model, normalize(np.stack(v[j : j + 50]))) for j in range(0, len(v), 50)])
-                 for d, v in images.items()}  # fmt: skip
+        feats = {
+            d: torch.cat([extract(model, normalize(np.stack(v[j : j + 50]))) for j in range(0, len(v), 50)])
+            for d, v in images.items()
+        }
         mean = feats["day"].mean((0, 2), keepdim=True)
         day = feats["day"] - mean
         result[name] = {"rms": day.add(mean).pow(2).mean((0, 2, 3)).sqrt().tolist()}
@@ -67,8 +69,10 @@ def feature_stability(assets: Path, num_scenes: int = 150, seed: int = 0) -> dic
 def format_table(result: dict[str, dict[str, list[float]]]) -> str:
     """Markdown table: one row per VFM and domain, one column per block."""
     blocks = len(next(iter(result.values()))["rms"])
-    lines = ["| VFM | domain | " + " | ".join(f"block {i + 1}" for i in range(blocks)) + " |",
-             "|---|---|" + "---|" * blocks]  # fmt: skip
+    lines = [
+        "| VFM | domain | " + " | ".join(f"block {i + 1}" for i in range(blocks)) + " |",
+        "|---|---|" + "---|" * blocks,
+    ]
     for name, rows in result.items():
         for domain in (*TARGET_STYLES, "rms"):
             label = "day token RMS" if domain == "rms" else f"cos(day, {domain})"

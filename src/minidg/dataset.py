@@ -8,6 +8,8 @@
     <root>/acdc/depth/<cond>/val/<seq>/<seq>_frame_<idx>_depth.png
     <root>/minidg.json
 
+    python -m src.minidg.dataset data/minidg --num-train 2000 --num-test 300 --seed 0
+
 Cityscapes train holds the labelled day source; Cityscapes val holds the test scenes in day (the in-domain
 target) and ACDC val the *same* test scenes under night/fog/snow, so domains differ only in appearance. Test
 scenes come from a different seed stream than training scenes. Depth PNGs are uint16 metres×256 (the KITTI
@@ -17,8 +19,10 @@ convention; sky = MAX_DEPTH). The VFM pretraining set (`write_pretrain_set`) is 
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,8 +156,15 @@ def _up_to_date(meta_path: Path, meta: dict) -> bool:
     return meta_path.is_file() and json.loads(meta_path.read_text()) == meta
 
 
-def write_minidg(root: Path, num_train: int = 2000, num_test: int = 300, seed: int = 0,
-                 size: tuple[int, int] = IMAGE_SIZE, workers: int = 2, overwrite: bool = False) -> Path:  # fmt: skip
+def write_minidg(
+    root: Path,
+    num_train: int = 2000,
+    num_test: int = 300,
+    seed: int = 0,
+    size: tuple[int, int] = IMAGE_SIZE,
+    workers: int = 2,
+    overwrite: bool = False,
+) -> Path:
     """Write the DG benchmark under `root` (layout in the module docstring) and return `root`.
 
     `minidg.json` is written last and records the arguments: a tree whose record matches is left as it is
@@ -162,11 +173,17 @@ def write_minidg(root: Path, num_train: int = 2000, num_test: int = 300, seed: i
     root = Path(root)
     targets = {"day": "cityscapes/val", **{c: f"acdc/rgb_anon/{c}/val" for c in TARGET_STYLES}}
     meta = {
-        "format": 1, "seed": seed, "size": list(size), "num_train": num_train, "num_test": num_test,
-        "source": "cityscapes/train (day)", "targets": targets, "ignore_index": IGNORE_INDEX,
+        "format": 1,
+        "seed": seed,
+        "size": list(size),
+        "num_train": num_train,
+        "num_test": num_test,
+        "source": "cityscapes/train (day)",
+        "targets": targets,
+        "ignore_index": IGNORE_INDEX,
         "classes": {i: CLASS_NAMES[i] for i in RENDERED_CLASSES},
         "depth_png": f"uint16, metres x {DEPTH_SCALE:g}; sky = {MAX_DEPTH:g}",
-    }  # fmt: skip
+    }
     meta = json.loads(json.dumps(meta))  # canonical JSON types, comparable with the file's
     meta_path = root / "minidg.json"
     if not overwrite and _up_to_date(meta_path, meta):
@@ -179,15 +196,23 @@ def write_minidg(root: Path, num_train: int = 2000, num_test: int = 300, seed: i
     return root
 
 
-def write_pretrain_set(root: Path, num_scenes: int = 4000, stylings: int = 2, seed: int = 0,
-                       size: tuple[int, int] = IMAGE_SIZE, workers: int = 2, overwrite: bool = False) -> Path:  # fmt: skip
+def write_pretrain_set(
+    root: Path,
+    num_scenes: int = 4000,
+    stylings: int = 2,
+    seed: int = 0,
+    size: tuple[int, int] = IMAGE_SIZE,
+    workers: int = 2,
+    overwrite: bool = False,
+) -> Path:
     """Write `stylings` `random`-styled renders of each of `num_scenes` scenes, plus their depth, to `root`.
 
     Layout: `images/<scene>_<k>.png`, `depth/<scene>_depth.png`, `meta.json` (skip rule as `write_minidg`).
     """
     root = Path(root)
-    meta = json.loads(json.dumps({"format": 1, "seed": seed, "size": list(size), "num_scenes": num_scenes,
-                                  "stylings": stylings}))  # fmt: skip
+    meta = json.loads(
+        json.dumps({"format": 1, "seed": seed, "size": list(size), "num_scenes": num_scenes, "stylings": stylings})
+    )
     if not overwrite and _up_to_date(root / "meta.json", meta):
         return root
     (root / "meta.json").unlink(missing_ok=True)
@@ -210,7 +235,26 @@ def load_pretrain_set(root: Path) -> PretrainSet:
     meta = json.loads((root / "meta.json").read_text())
     num_scenes, stylings = meta["num_scenes"], meta["stylings"]
     scene = np.repeat(np.arange(num_scenes), stylings)
-    images = np.stack([_imread_rgb(root / "images" / f"{s:06d}_{k}.png") for s in range(num_scenes)
-                       for k in range(stylings)])  # fmt: skip
+    images = np.stack(
+        [_imread_rgb(root / "images" / f"{s:06d}_{k}.png") for s in range(num_scenes) for k in range(stylings)]
+    )
     depth = np.stack([read_depth(root / "depth" / f"{s:06d}_depth.png") for s in range(num_scenes)])
     return PretrainSet(images=images, depth=depth, scene=scene)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", type=Path, nargs="?", default=Path("data/minidg"))
+    parser.add_argument("--num-train", type=int, default=2000)
+    parser.add_argument("--num-test", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args()
+    start = time.time()
+    write_minidg(args.root, args.num_train, args.num_test, args.seed, workers=args.workers, overwrite=args.overwrite)
+    print(f"MiniDG under {args.root} ({time.time() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -46,19 +46,33 @@ def create_visual_vfm(checkpoint: str | Path | None = None, **kwargs) -> nn.Modu
     """The visual VFM; with `checkpoint`, loaded through timm's local-file path as users' weights are."""
     if checkpoint is None:
         return timm.create_model(VISUAL_ARCH, pretrained=False, **VISUAL_KWARGS, **kwargs)
-    return timm.create_model(VISUAL_ARCH, pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)),
-                             **VISUAL_KWARGS, **kwargs)  # fmt: skip
+    return timm.create_model(
+        VISUAL_ARCH, pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)), **VISUAL_KWARGS, **kwargs
+    )
 
 
 def depth_vfm_config() -> DepthAnythingConfig:
     """Depth Anything with a tiny DINOv2 backbone; out_indices scale V2-small's [3, 6, 9, 12] to 6 blocks."""
     backbone = Dinov2Config(
-        hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512, patch_size=DEPTH_PATCH,
-        image_size=16 * DEPTH_PATCH, out_indices=[2, 3, 5, 6], apply_layernorm=True, reshape_hidden_states=False,
-    )  # fmt: skip
-    return DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=128, patch_size=DEPTH_PATCH,
-                               neck_hidden_sizes=[16, 32, 64, 128], fusion_hidden_size=16, head_hidden_size=8,
-                               depth_estimation_type="relative")  # fmt: skip
+        hidden_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        intermediate_size=512,
+        patch_size=DEPTH_PATCH,
+        image_size=16 * DEPTH_PATCH,
+        out_indices=[2, 3, 5, 6],
+        apply_layernorm=True,
+        reshape_hidden_states=False,
+    )
+    return DepthAnythingConfig(
+        backbone_config=backbone,
+        reassemble_hidden_size=128,
+        patch_size=DEPTH_PATCH,
+        neck_hidden_sizes=[16, 32, 64, 128],
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+        depth_estimation_type="relative",
+    )
 
 
 def load_depth_vfm(directory: str | Path) -> DepthAnythingForDepthEstimation:
@@ -104,7 +118,7 @@ class _SimMIM(nn.Module):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.decoder = nn.Linear(vit.embed_dim, self.patch**2 * 3)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, depth: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         vit = self.vit
         tokens = vit.patch_embed(x)
         mask = torch.rand(tokens.shape[:2], generator=generator) < self.mask_ratio
@@ -112,16 +126,51 @@ class _SimMIM(nn.Module):
         tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(tokens)))
         tokens = vit.norm(vit.blocks(tokens))[:, vit.num_prefix_tokens :]
         error = (self.decoder(tokens) - _patchify(x, self.patch)).abs().mean(-1)
-        return (error * mask).sum() / mask.sum().clamp(min=1)
+        return {"simmim": (error * mask).sum() / mask.sum().clamp(min=1)}
 
 
-def _train(loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor], params: list[nn.Parameter],
-           data: PretrainSet, steps: int, batch_size: int, lr: float, seed: int, name: str) -> dict:  # fmt: skip
-    """AdamW (wd 0.05), 50 warm-up steps then cosine to 5%; random batches with horizontal flips. Returns a log."""
+class _DepthLosses(nn.Module):
+    """L1 on `depth_target` for Depth Anything's own output and for a linear token probe (deep supervision).
+
+    The probe reads the last block's layer-normed patch tokens and predicts the target of the pixels under each
+    visual patch. Without it, the DPT decoder lets the raw tokens keep the input's appearance (day vs shifted
+    cosine ≈ 0 in a 400-step trial, docs/minidg.md); with it they carry geometry, the property Depth Anything's
+    tokens have at scale. The probe is discarded after training.
+    """
+
+    def __init__(self, model: DepthAnythingForDepthEstimation) -> None:
+        super().__init__()
+        self.model = model
+        self.patch = IMAGE_SIZE[0] // VISUAL_GRID[0]
+        self.probe = nn.Linear(model.config.backbone_config.hidden_size, self.patch**2)
+
+    def forward(self, x: torch.Tensor, depth: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        out = self.model(pixel_values=depth_input(x), output_hidden_states=True)
+        pred = F.interpolate(out.predicted_depth[:, None], size=depth.shape[-2:], mode="bilinear", align_corners=False)
+        target = depth_target(depth)[:, None]
+        tokens = self.model.backbone.layernorm(out.hidden_states[-1])[:, 1:]
+        return {
+            "dpt": (pred - target).abs().mean(),
+            "token_probe": (self.probe(tokens) - _patchify(target, self.patch)).abs().mean(),
+        }
+
+
+def _train(
+    losses_fn: Callable[[torch.Tensor, torch.Tensor, torch.Generator], dict[str, torch.Tensor]],
+    params: list[nn.Parameter],
+    data: PretrainSet,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    name: str,
+) -> dict:
+    """AdamW (wd 0.05), 50 warm-up steps then cosine to 5%; random batches with horizontal flips; the loss is the
+    sum of `losses_fn`'s terms. Returns a log with each term's first/last means."""
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    losses: list[float] = []
+    history: dict[str, list[float]] = {}
     start, cpu_start = time.time(), time.process_time()
     for step in range(steps):
         scale = min(1.0, (step + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
@@ -131,21 +180,29 @@ def _train(loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torc
         images, depth = normalize(data.images[idx]), torch.from_numpy(data.depth[data.scene[idx]])
         if rng.random() < 0.5:
             images, depth = images.flip(-1), depth.flip(-1)
-        loss = loss_fn(images, depth, generator)
+        terms = losses_fn(images, depth, generator)
+        loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
+        for key, value in {"total": loss, **terms}.items():
+            history.setdefault(key, []).append(value.item())
         if (step + 1) % 50 == 0:
-            print(f"{name} step {step + 1}/{steps} loss {np.mean(losses[-50:]):.4f} {time.time() - start:.0f}s",
-                  flush=True)  # fmt: skip
+            last = " ".join(f"{k} {np.mean(v[-50:]):.4f}" for k, v in history.items())
+            print(f"{name} step {step + 1}/{steps} {last} {time.time() - start:.0f}s", flush=True)
     return {
-        "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "images_seen": steps * batch_size,
-        "loss_first20": float(np.mean(losses[:20])), "loss_last50": float(np.mean(losses[-50:])),
-        "loss_per50": [round(float(np.mean(losses[i : i + 50])), 4) for i in range(0, steps, 50)],
-        "seconds": round(time.time() - start, 1), "cpu_seconds": round(time.process_time() - cpu_start, 1),
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "images_seen": steps * batch_size,
+        "loss_first20": {k: round(float(np.mean(v[:20])), 4) for k, v in history.items()},
+        "loss_last50": {k: round(float(np.mean(v[-50:])), 4) for k, v in history.items()},
+        "total_loss_per50": [round(float(np.mean(history["total"][i : i + 50])), 4) for i in range(0, steps, 50)],
+        "seconds": round(time.time() - start, 1),
+        "cpu_seconds": round(time.process_time() - cpu_start, 1),
         "threads": torch.get_num_threads(),
-    }  # fmt: skip
+    }
 
 
 def _deterministic(seed: int) -> None:
@@ -154,42 +211,51 @@ def _deterministic(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def pretrain_visual(data: PretrainSet, out_dir: Path, steps: int = 600, batch_size: int = 32, lr: float = 1e-3,
-                    seed: int = 0, mask_ratio: float = 0.5) -> dict:  # fmt: skip
+def pretrain_visual(
+    data: PretrainSet,
+    out_dir: Path,
+    steps: int = 600,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    mask_ratio: float = 0.5,
+) -> dict:
     """SimMIM-pretrain the visual VFM and write `out_dir/model.safetensors` (timm state dict, no head)."""
     _deterministic(seed)
     vit = create_visual_vfm(init_values=1.0)  # LayerScale starts at 1 (as HF DINOv2), not DINOv2-L's 1e-5
     simmim = _SimMIM(vit, mask_ratio)
-    log = _train(lambda x, _, g: simmim(x, g), list(simmim.parameters()), data, steps, batch_size, lr, seed, "visual")
+    log = _train(simmim, list(simmim.parameters()), data, steps, batch_size, lr, seed, "visual")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "model.safetensors"
     vit.eval()
     safetensors.torch.save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
     _check_reload(vit, create_visual_vfm(path), data)
-    log.update(objective=f"SimMIM: L1 on ImageNet-normalised pixels of masked patches (ratio {mask_ratio})",
-               arch=VISUAL_ARCH, kwargs={k: list(v) if isinstance(v, tuple) else v for k, v in VISUAL_KWARGS.items()},
-               params=sum(p.numel() for p in vit.parameters()))  # fmt: skip
+    log.update(
+        objective=f"SimMIM: L1 on the ImageNet-normalised pixels of masked patches (ratio {mask_ratio})",
+        arch=VISUAL_ARCH,
+        kwargs={k: list(v) if isinstance(v, tuple) else v for k, v in VISUAL_KWARGS.items()},
+        params=sum(p.numel() for p in vit.parameters()),
+    )
     (out_dir / "pretrain_log.json").write_text(json.dumps(log, indent=1))
     return log
 
 
-def pretrain_depth(data: PretrainSet, out_dir: Path, steps: int = 600, batch_size: int = 32, lr: float = 1e-3,
-                   seed: int = 0) -> dict:  # fmt: skip
-    """Train the depth VFM to regress `depth_target` (L1 at the render's resolution); `save_pretrained(out_dir)`."""
+def pretrain_depth(
+    data: PretrainSet, out_dir: Path, steps: int = 600, batch_size: int = 16, lr: float = 1e-3, seed: int = 0
+) -> dict:
+    """Train the depth VFM on `_DepthLosses` and `save_pretrained(out_dir)` (config.json + model.safetensors)."""
     _deterministic(seed)
     model = DepthAnythingForDepthEstimation(depth_vfm_config())
-
-    def loss_fn(x: torch.Tensor, depth: torch.Tensor, _: torch.Generator) -> torch.Tensor:
-        pred = model(pixel_values=depth_input(x)).predicted_depth[:, None]
-        pred = F.interpolate(pred, size=depth.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        return (pred - depth_target(depth)).abs().mean()
-
-    log = _train(loss_fn, list(model.parameters()), data, steps, batch_size, lr, seed, "depth")
+    losses = _DepthLosses(model)
+    log = _train(losses, list(losses.parameters()), data, steps, batch_size, lr, seed, "depth")
     model.eval()
     model.save_pretrained(str(out_dir))
     _check_reload(model, load_depth_vfm(out_dir), data)
-    log.update(objective="L1 on ln(150/d)/ln(150) (relative inverse log-depth, sky = 0) at 64x128",
-               params=sum(p.numel() for p in model.parameters()))  # fmt: skip
+    log.update(
+        objective="L1 on ln(150/d)/ln(150) (relative inverse log-depth, sky = 0) of the DPT output at 64x128 "
+        "+ L1 of a linear probe on the last block's normed tokens (8x8 target values per token)",
+        params=sum(p.numel() for p in model.parameters()),
+    )
     (out_dir / "pretrain_log.json").write_text(json.dumps(log, indent=1))
     return log
 

@@ -26,10 +26,31 @@ MAX_DEPTH = 150.0
 
 # Cityscapes train IDs the renderer draws (src.data.labels.CLASS_NAMES has all 19).
 ROAD, SIDEWALK, BUILDING, WALL, POLE, TRAFFIC_SIGN, VEGETATION, TERRAIN, SKY, PERSON, CAR = (
-    0, 1, 2, 3, 5, 7, 8, 9, 10, 11, 13
-)  # fmt: skip
-RENDERED_CLASSES: tuple[int, ...] = (ROAD, SIDEWALK, BUILDING, WALL, POLE, TRAFFIC_SIGN, VEGETATION, TERRAIN, SKY,
-                                     PERSON, CAR)  # fmt: skip
+    0,
+    1,
+    2,
+    3,
+    5,
+    7,
+    8,
+    9,
+    10,
+    11,
+    13,
+)
+RENDERED_CLASSES: tuple[int, ...] = (
+    ROAD,
+    SIDEWALK,
+    BUILDING,
+    WALL,
+    POLE,
+    TRAFFIC_SIGN,
+    VEGETATION,
+    TERRAIN,
+    SKY,
+    PERSON,
+    CAR,
+)
 
 # Surface materials: how albedo and night emission are textured.
 PLAIN, FACADE, FOLIAGE, BODY, GLASS, TYRE, LAMP, SIGN, BRICK = range(9)
@@ -143,14 +164,15 @@ class _Primitives:
         self.boxes: list[tuple] = []
         self.ellipsoids: list[tuple] = []
 
-    def box(self, side: int, x: tuple[float, float], y: tuple[float, float], z: tuple[float, float], label: int,
-            material: int, colour: np.ndarray, aux: Sequence[float] = (0, 0, 0, 0)) -> None:  # fmt: skip
-        x0, x1 = (x[0], x[1]) if side > 0 else (-x[1], -x[0])
-        self.boxes.append(((x0, y[0], z[0]), (x1, y[1], z[1]), label, material, colour, tuple(aux)))
+    def box(self, side: int, extent: Sequence[float], kind: tuple[int, int], colour: np.ndarray, aux=(0, 0, 0, 0)):
+        """`extent` = (x0, x1, y0, y1, z0, z1) with x measured outwards on `side`; `kind` = (label, material)."""
+        x0, x1, y0, y1, z0, z1 = extent
+        x0, x1 = (x0, x1) if side > 0 else (-x1, -x0)
+        self.boxes.append(((x0, y0, z0), (x1, y1, z1), *kind, colour, tuple(aux)))
 
-    def ellipsoid(self, side: int, centre: tuple[float, float, float], radii: tuple[float, float, float],
-                  label: int, material: int, colour: np.ndarray) -> None:  # fmt: skip
-        self.ellipsoids.append(((side * centre[0], centre[1], centre[2]), radii, label, material, colour))
+    def ellipsoid(self, side: int, centre: Sequence[float], radii: Sequence[float], kind: tuple[int, int],
+                  colour: np.ndarray) -> None:  # fmt: skip
+        self.ellipsoids.append(((side * centre[0], centre[1], centre[2]), tuple(radii), *kind, colour))
 
     def arrays(self) -> dict[str, np.ndarray]:
         f32 = np.float32
@@ -170,13 +192,29 @@ class _Primitives:
         )
 
 
-_FACADE_PALETTE = np.array([[0.72, 0.62, 0.50], [0.55, 0.55, 0.60], [0.78, 0.72, 0.62], [0.62, 0.36, 0.30],
-                            [0.45, 0.45, 0.42], [0.85, 0.82, 0.74], [0.50, 0.42, 0.35], [0.66, 0.70, 0.72]])  # fmt: skip
-_CAR_PALETTE = np.array([[0.85, 0.85, 0.85], [0.08, 0.08, 0.09], [0.45, 0.46, 0.48], [0.65, 0.66, 0.68],
-                         [0.60, 0.08, 0.06], [0.10, 0.20, 0.50], [0.20, 0.30, 0.22], [0.75, 0.60, 0.30]])  # fmt: skip
+# (label, material) of each kind of primitive
+_FACADE, _HEDGE, _WALL, _TRUNK, _CROWN = (
+    (BUILDING, FACADE),
+    (VEGETATION, FOLIAGE),
+    (WALL, BRICK),
+    (VEGETATION, PLAIN),
+    (VEGETATION, FOLIAGE),
+)
+_POLE, _LAMP, _SIGN, _PERSON = (POLE, PLAIN), (POLE, LAMP), (TRAFFIC_SIGN, SIGN), (PERSON, PLAIN)
+_CAR_BODY, _CAR_GLASS, _CAR_TYRES = (CAR, BODY), (CAR, GLASS), (CAR, TYRE)
+_FACADE_PALETTE = np.array(
+    [[0.72, 0.62, 0.50], [0.55, 0.55, 0.60], [0.78, 0.72, 0.62], [0.62, 0.36, 0.30],
+     [0.45, 0.45, 0.42], [0.85, 0.82, 0.74], [0.50, 0.42, 0.35], [0.66, 0.70, 0.72]]
+)  # fmt: skip
+_CAR_PALETTE = np.array(
+    [[0.85, 0.85, 0.85], [0.08, 0.08, 0.09], [0.45, 0.46, 0.48], [0.65, 0.66, 0.68],
+     [0.60, 0.08, 0.06], [0.10, 0.20, 0.50], [0.20, 0.30, 0.22], [0.75, 0.60, 0.30]]
+)  # fmt: skip
 _SIGN_PALETTE = np.array([[0.80, 0.10, 0.08], [0.10, 0.25, 0.70], [0.90, 0.75, 0.10], [0.90, 0.90, 0.90]])
-_CLOTH_PALETTE = np.array([[0.10, 0.10, 0.12], [0.20, 0.25, 0.45], [0.55, 0.15, 0.12], [0.45, 0.40, 0.30],
-                           [0.70, 0.70, 0.68], [0.15, 0.35, 0.20]])  # fmt: skip
+_CLOTH_PALETTE = np.array(
+    [[0.10, 0.10, 0.12], [0.20, 0.25, 0.45], [0.55, 0.15, 0.12], [0.45, 0.40, 0.30], [0.70, 0.70, 0.68],
+     [0.15, 0.35, 0.20]]
+)  # fmt: skip
 
 
 def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
@@ -192,6 +230,12 @@ def sample_scene(rng: np.random.Generator) -> Scene:
 
     def jitter(c: Sequence[float], s: float) -> np.ndarray:
         return np.clip(np.asarray(c) + rng.uniform(-s, s, 3), 0.02, 1.0)
+
+    def pick(palette: np.ndarray, s: float = 0.0) -> np.ndarray:
+        return jitter(palette[rng.integers(len(palette))], s)
+
+    def window_grid() -> tuple[float, ...]:  # column spacing, window width fraction, floor height, height fraction
+        return rng.uniform(2.2, 3.6), rng.uniform(0.35, 0.6), rng.uniform(2.8, 3.6), rng.uniform(0.4, 0.6)
 
     road_half = rng.uniform(3.0, 6.0)
     verge = rng.uniform(0.8, 2.0) if rng.random() < 0.35 else 0.0
@@ -210,105 +254,103 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     prims = _Primitives()
     lamps: list[tuple[float, float, float]] = []
     for side in (-1, 1):
-        # building row with gaps (hedge, wall, open terrain)
+        # building row with gaps (hedge, wall, open terrain, trees)
         z = rng.uniform(-6, 2)
         while z < 110:
             length = rng.uniform(7, 22)
             if not free(z, z + length):
                 z = blocked[1] + rng.uniform(0, 2)
                 continue
-            x0 = line + rng.uniform(0, 1.5)
+            x0, z1 = line + rng.uniform(0, 1.5), z + length
             if rng.random() < 0.22:
                 gap = rng.random()
                 if gap < 0.4:
-                    prims.box(side, (x0, x0 + rng.uniform(0.8, 3)), (0, rng.uniform(0.8, 2.5)), (z, z + length),
-                              VEGETATION, FOLIAGE, jitter([0.18, 0.40, 0.14], 0.08))  # fmt: skip
+                    height = rng.uniform(0.8, 2.5)
+                    prims.box(
+                        side, (x0, x0 + rng.uniform(0.8, 3), 0, height, z, z1), _HEDGE, jitter([0.18, 0.4, 0.14], 0.08)
+                    )
                 elif gap < 0.75:
-                    prims.box(side, (x0, x0 + 0.3), (0, rng.uniform(0.7, 2.2)), (z, z + length), WALL, BRICK,
-                              jitter([0.60, 0.55, 0.50], 0.15), (rng.uniform(0.15, 0.3), 0, 0, 0))  # fmt: skip
+                    colour, brick = jitter([0.6, 0.55, 0.5], 0.15), (rng.uniform(0.15, 0.3), 0, 0, 0)
+                    prims.box(side, (x0, x0 + 0.3, 0, rng.uniform(0.7, 2.2), z, z1), _WALL, colour, brick)
                 for _ in range(rng.integers(0, 3)):
-                    xt, zt, r = x0 + rng.uniform(2, 6), z + rng.uniform(0, length), rng.uniform(1.5, 3.0)
-                    top = rng.uniform(3.5, 7)
-                    prims.box(side, (xt - 0.2, xt + 0.2), (0, top), (zt - 0.2, zt + 0.2), VEGETATION, PLAIN,
-                              jitter([0.30, 0.22, 0.15], 0.05))  # fmt: skip
-                    prims.ellipsoid(side, (xt, top, zt), (r, r * rng.uniform(0.8, 1.2), r), VEGETATION, FOLIAGE,
-                                    jitter([0.20, 0.42, 0.15], 0.1))  # fmt: skip
+                    xt, zt, r, top = (
+                        x0 + rng.uniform(2, 6),
+                        rng.uniform(z, z1),
+                        rng.uniform(1.5, 3.0),
+                        rng.uniform(3.5, 7),
+                    )
+                    prims.box(
+                        side, (xt - 0.2, xt + 0.2, 0, top, zt - 0.2, zt + 0.2), _TRUNK, jitter([0.3, 0.22, 0.15], 0.05)
+                    )
+                    radii = (r, r * rng.uniform(0.8, 1.2), r)
+                    prims.ellipsoid(side, (xt, top, zt), radii, _CROWN, jitter([0.2, 0.42, 0.15], 0.1))
             else:
-                aux = (rng.uniform(2.2, 3.6), rng.uniform(0.35, 0.6), rng.uniform(2.8, 3.6), rng.uniform(0.4, 0.6))
-                colour = jitter(_FACADE_PALETTE[rng.integers(len(_FACADE_PALETTE))], 0.1)
-                prims.box(side, (x0, x0 + rng.uniform(8, 16)), (0, rng.uniform(5, 28)), (z, z + length), BUILDING,
-                          FACADE, colour, aux)  # fmt: skip
-            z += length + (rng.uniform(0.2, 3) if rng.random() < 0.5 else 0.0)
-        # street trees on the verge or the sidewalk's kerb edge
+                depth, height = rng.uniform(8, 16), rng.uniform(5, 28)
+                prims.box(side, (x0, x0 + depth, 0, height, z, z1), _FACADE, pick(_FACADE_PALETTE, 0.1), window_grid())
+            z = z1 + (rng.uniform(0.2, 3) if rng.random() < 0.5 else 0.0)
+        # street trees on the verge or at the sidewalk's kerb edge
         for _ in range(rng.integers(0, 6)):
             zt = rng.uniform(3, 70)
             if not free(zt - 2, zt + 2):
                 continue
             xt = road_half + (verge / 2 if verge else rng.uniform(0.5, 0.9))
             r, top = rng.uniform(1.2, 2.4), rng.uniform(3.5, 6.0)
-            prims.box(side, (xt - 0.15, xt + 0.15), (0, top), (zt - 0.15, zt + 0.15), VEGETATION, PLAIN,
-                      jitter([0.30, 0.22, 0.15], 0.05))  # fmt: skip
-            prims.ellipsoid(side, (xt, top + 0.3, zt), (r, r * rng.uniform(0.7, 1.1), r), VEGETATION, FOLIAGE,
-                            jitter([0.20, 0.42, 0.15], 0.1))  # fmt: skip
+            prims.box(
+                side, (xt - 0.15, xt + 0.15, 0, top, zt - 0.15, zt + 0.15), _TRUNK, jitter([0.3, 0.22, 0.15], 0.05)
+            )
+            radii = (r, r * rng.uniform(0.7, 1.1), r)
+            prims.ellipsoid(side, (xt, top + 0.3, zt), radii, _CROWN, jitter([0.2, 0.42, 0.15], 0.1))
         # poles: thick enough (0.25-0.4 m) to cover several pixels nearby; lamp arms and signs
         for _ in range(rng.integers(1, 6)):
             zp = rng.uniform(4, 70)
-            xp, w, height = kerb + rng.uniform(0.25, 0.5), rng.uniform(0.25, 0.4) / 2, rng.uniform(4.5, 8.5)
+            xp, w, top = kerb + rng.uniform(0.25, 0.5), rng.uniform(0.25, 0.4) / 2, rng.uniform(4.5, 8.5)
             grey = jitter([0.45, 0.46, 0.47], 0.15)
-            prims.box(side, (xp - w, xp + w), (0, height), (zp - w, zp + w), POLE, PLAIN, grey)
+            prims.box(side, (xp - w, xp + w, 0, top, zp - w, zp + w), _POLE, grey)
             if rng.random() < 0.6:
                 reach = rng.uniform(1.0, 2.5)
-                prims.box(side, (xp - reach, xp + w), (height - 0.25, height), (zp - 0.1, zp + 0.1), POLE, PLAIN, grey)
-                prims.box(side, (xp - reach - 0.3, xp - reach + 0.4), (height - 0.45, height - 0.2),
-                          (zp - 0.25, zp + 0.25), POLE, LAMP, np.array([0.8, 0.8, 0.75]))  # fmt: skip
-                lamps.append((side * (xp - reach + 0.05), height - 0.5, zp))
+                prims.box(side, (xp - reach, xp + w, top - 0.25, top, zp - 0.1, zp + 0.1), _POLE, grey)
+                head = (xp - reach - 0.3, xp - reach + 0.4, top - 0.45, top - 0.2, zp - 0.25, zp + 0.25)
+                prims.box(side, head, _LAMP, np.array([0.8, 0.8, 0.75]))
+                lamps.append((side * (xp - reach + 0.05), top - 0.5, zp))
             if rng.random() < 0.45:
-                sw, sh, y0 = rng.uniform(0.35, 0.5), rng.uniform(0.6, 0.9), rng.uniform(2.0, 3.0)
-                colour = _SIGN_PALETTE[rng.integers(len(_SIGN_PALETTE))]
-                prims.box(side, (xp - sw - 0.2, xp + sw - 0.2), (y0, y0 + sh), (zp - w - 0.06, zp - w), TRAFFIC_SIGN,
-                          SIGN, colour)  # fmt: skip
-        # pedestrians on the sidewalk
+                half, y0 = rng.uniform(0.35, 0.5), rng.uniform(2.0, 3.0)
+                plate = (xp - half - 0.2, xp + half - 0.2, y0, y0 + rng.uniform(0.6, 0.9), zp - w - 0.06, zp - w)
+                prims.box(side, plate, _SIGN, pick(_SIGN_PALETTE))
+        # pedestrians on the sidewalk: legs, torso, head
         for _ in range(rng.integers(0, 5)):
             xq, zq, s = kerb + rng.uniform(0.5, max(0.6, sidewalk - 0.4)), rng.uniform(3, 45), rng.uniform(0.9, 1.1)
-            legs, top = _CLOTH_PALETTE[rng.integers(len(_CLOTH_PALETTE))], _CLOTH_PALETTE[rng.integers(len(_CLOTH_PALETTE))]
-            prims.box(side, (xq - 0.18, xq + 0.18), (0, 0.85 * s), (zq - 0.12, zq + 0.12), PERSON, PLAIN, legs)
-            prims.box(side, (xq - 0.25, xq + 0.25), (0.85 * s, 1.48 * s), (zq - 0.15, zq + 0.15), PERSON, PLAIN, top)
-            skin = jitter([0.70, 0.52, 0.40], 0.15)
-            prims.ellipsoid(side, (xq, 1.6 * s, zq), (0.12 * s, 0.14 * s, 0.12 * s), PERSON, PLAIN, skin)
+            prims.box(side, (xq - 0.18, xq + 0.18, 0, 0.85 * s, zq - 0.12, zq + 0.12), _PERSON, pick(_CLOTH_PALETTE))
+            torso = (xq - 0.25, xq + 0.25, 0.85 * s, 1.48 * s, zq - 0.15, zq + 0.15)
+            prims.box(side, torso, _PERSON, pick(_CLOTH_PALETTE))
+            head = (0.12 * s, 0.14 * s, 0.12 * s)
+            prims.ellipsoid(side, (xq, 1.6 * s, zq), head, _PERSON, jitter([0.7, 0.52, 0.4], 0.15))
 
     # cars: oncoming on the left (headlights towards us), ahead on the right (tail lights), parked at the kerb
     placed: list[tuple[float, float, float]] = []
     for _ in range(rng.integers(0, 9)):
         half_w, length, height = rng.uniform(0.8, 1.0), rng.uniform(3.8, 5.0), rng.uniform(1.35, 1.9)
+        side = rng.choice([-1, 1])
         if rng.random() < 0.35:
-            side = rng.choice([-1, 1])
             xc, lights = side * (road_half - half_w - 0.2), rng.choice([HEADLIGHTS, TAILLIGHTS])
         else:
-            side = rng.choice([-1, 1])
-            xc = side * rng.uniform(0.3, 0.7) * road_half
-            lights = HEADLIGHTS if side < 0 else TAILLIGHTS
+            xc, lights = side * rng.uniform(0.3, 0.7) * road_half, HEADLIGHTS if side < 0 else TAILLIGHTS
         zc = rng.uniform(5 if abs(xc) > 1.5 else 7, 55)
         if any(abs(xc - x) < 2 * half_w + 0.3 and zc < z1 + 1 and zc + length > z0 - 1 for x, z0, z1 in placed):
             continue
         placed.append((xc, zc, zc + length))
-        colour = jitter(_CAR_PALETTE[rng.integers(len(_CAR_PALETTE))], 0.06)
-        x = (xc - half_w, xc + half_w)
-        prims.box(1, x, (0.3, 0.62 * height), (zc, zc + length), CAR, BODY, colour, (lights, 0, 0, 0))
-        prims.box(1, (x[0] + 0.1, x[1] - 0.1), (0.62 * height, height), (zc + 0.9, zc + length - 1.0), CAR, GLASS,
-                  colour)  # fmt: skip
-        prims.box(1, (x[0] + 0.05, x[1] - 0.05), (0, 0.35), (zc + 0.4, zc + length - 0.4), CAR, TYRE, colour)
-    # the street sometimes ends in a facade
-    if rng.random() < 0.3:
+        colour, x0, x1, z1 = pick(_CAR_PALETTE, 0.06), xc - half_w, xc + half_w, zc + length
+        prims.box(1, (x0, x1, 0.3, 0.62 * height, zc, z1), _CAR_BODY, colour, (lights, 0, 0, 0))
+        prims.box(1, (x0 + 0.1, x1 - 0.1, 0.62 * height, height, zc + 0.9, z1 - 1.0), _CAR_GLASS, colour)
+        prims.box(1, (x0 + 0.05, x1 - 0.05, 0, 0.35, zc + 0.4, z1 - 0.4), _CAR_TYRES, colour)
+    if rng.random() < 0.3:  # the street ends in a facade
         zf = rng.uniform(80, 120)
-        aux = (rng.uniform(2.2, 3.6), rng.uniform(0.35, 0.6), rng.uniform(2.8, 3.6), rng.uniform(0.4, 0.6))
-        prims.box(1, (-line - 20, line + 20), (0, rng.uniform(8, 30)), (zf, zf + 15), BUILDING, FACADE,
-                  jitter(_FACADE_PALETTE[rng.integers(len(_FACADE_PALETTE))], 0.1), aux)  # fmt: skip
+        end = (-line - 20, line + 20, 0, rng.uniform(8, 30), zf, zf + 15)
+        prims.box(1, end, _FACADE, pick(_FACADE_PALETTE, 0.1), window_grid())
 
-    height = rng.uniform(1.3, 2.2)
+    yaw, pitch, roll = np.deg2rad(rng.uniform(-7, 7)), np.deg2rad(rng.uniform(2, 10)), np.deg2rad(rng.uniform(-2, 2))
     camera = Camera(
-        position=np.array([rng.uniform(-0.4, 0.4) * road_half, height, 0.0]),
-        rotation=_rotation(np.deg2rad(rng.uniform(-7, 7)), np.deg2rad(rng.uniform(2, 10)),
-                           np.deg2rad(rng.uniform(-2, 2))),  # fmt: skip
+        position=np.array([rng.uniform(-0.4, 0.4) * road_half, rng.uniform(1.3, 2.2), 0.0]),
+        rotation=_rotation(yaw, pitch, roll),
         fov=np.deg2rad(rng.uniform(75, 95)),
     )
     elevation, azimuth = np.deg2rad(rng.uniform(20, 65)), rng.uniform(0, 2 * np.pi)
@@ -316,21 +358,26 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     overcast = rng.random() < 0.25
     grey = rng.uniform(0.25, 0.5)
     return Scene(
-        camera=camera, road_half=road_half, verge=verge, sidewalk=sidewalk, tile=rng.uniform(0.5, 1.0),
+        camera=camera,
+        road_half=road_half,
+        verge=verge,
+        sidewalk=sidewalk,
+        tile=rng.uniform(0.5, 1.0),
         crossing=crossing,
-        edge_lines=bool(rng.random() < 0.6), **prims.arrays(),
+        edge_lines=bool(rng.random() < 0.6),
+        **prims.arrays(),
         road_colour=jitter([grey, grey, grey * 1.03], 0.03),
         sidewalk_colour=jitter([0.62, 0.58, 0.53], 0.15),
         terrain_colour=jitter([0.42, 0.48, 0.24], 0.12),
-        sky_zenith=jitter([0.35, 0.55, 0.90], 0.1) if not overcast else jitter([0.70, 0.72, 0.75], 0.05),
+        sky_zenith=jitter([0.70, 0.72, 0.75], 0.05) if overcast else jitter([0.35, 0.55, 0.90], 0.1),
         sky_horizon=jitter([0.80, 0.87, 0.97], 0.05),
-        cloud_cover=rng.uniform(0.0, 0.7) if not overcast else 1.0,
+        cloud_cover=1.0 if overcast else rng.uniform(0.0, 0.7),
         sun=sun.astype(np.float32),
-        sun_strength=rng.uniform(0.45, 0.75) if not overcast else rng.uniform(0.05, 0.15),
-        ambient=rng.uniform(0.35, 0.5) if not overcast else rng.uniform(0.7, 0.85),
+        sun_strength=rng.uniform(0.05, 0.15) if overcast else rng.uniform(0.45, 0.75),
+        ambient=rng.uniform(0.7, 0.85) if overcast else rng.uniform(0.35, 0.5),
         windows_lit=rng.uniform(0.15, 0.6),
         lamps=np.array(lamps, np.float32).reshape(-1, 3),
-    )  # fmt: skip
+    )
 
 
 # ----------------------------------------------------------------------------------------------- ray casting
@@ -470,10 +517,18 @@ def render(scene: Scene, size: tuple[int, int] = IMAGE_SIZE) -> Render:
         return np.ascontiguousarray(a.reshape(h, w, *a.shape[1:]), dtype=np.float32)
 
     return Render(
-        rgb=np.clip(img(rgb), 0, 1), label=label.reshape(h, w), depth=img(depth), albedo=img(albedo),
-        irradiance=img(irradiance), normal=img(normal), points=img(points), emission=img(emission),
-        ray_up=img(dirs[:, 1]), camera_position=origin, lamps=scene.lamps,
-    )  # fmt: skip
+        rgb=np.clip(img(rgb), 0, 1),
+        label=label.reshape(h, w),
+        depth=img(depth),
+        albedo=img(albedo),
+        irradiance=img(irradiance),
+        normal=img(normal),
+        points=img(points),
+        emission=img(emission),
+        ray_up=img(dirs[:, 1]),
+        camera_position=origin,
+        lamps=scene.lamps,
+    )
 
 
 def _sky(scene: Scene, dirs: np.ndarray) -> np.ndarray:
@@ -487,8 +542,15 @@ def _sky(scene: Scene, dirs: np.ndarray) -> np.ndarray:
     return colour * (1 - amount) + np.array([0.9, 0.9, 0.92]) * (0.85 + 0.15 * cloud[:, None]) * amount
 
 
-def _texture(scene: Scene, p: np.ndarray, normal: np.ndarray, label: np.ndarray, material: np.ndarray,
-             index: np.ndarray, hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _texture(
+    scene: Scene,
+    p: np.ndarray,
+    normal: np.ndarray,
+    label: np.ndarray,
+    material: np.ndarray,
+    index: np.ndarray,
+    hit: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Albedo and night emission per pixel from the surface's label/material and world position."""
     n_pix = len(p)
     albedo = np.zeros((n_pix, 3), np.float32)
@@ -530,8 +592,11 @@ def _texture(scene: Scene, p: np.ndarray, normal: np.ndarray, label: np.ndarray,
     n_box = len(scene.box_lo)
     is_box = box & (index < n_box)
     colour[is_box] = scene.box_colour[index[is_box]]
-    lo[is_box], hi[is_box], aux[is_box] = (scene.box_lo[index[is_box]], scene.box_hi[index[is_box]],
-                                           scene.box_aux[index[is_box]])  # fmt: skip
+    lo[is_box], hi[is_box], aux[is_box] = (
+        scene.box_lo[index[is_box]],
+        scene.box_hi[index[is_box]],
+        scene.box_aux[index[is_box]],
+    )
     is_ell = index >= n_box
     colour[is_ell] = scene.ell_colour[index[is_ell] - n_box]
     local = (p - lo) / np.maximum(hi - lo, 1e-3)  # 0..1 inside the box
@@ -548,8 +613,7 @@ def _texture(scene: Scene, p: np.ndarray, normal: np.ndarray, label: np.ndarray,
         cv = np.mod(y, np.maximum(floor_h, 1e-3)) / np.maximum(floor_h, 1e-3)
         window = (np.abs(cu - 0.5) < win_w / 2) & (np.abs(cv - 0.55) < win_h / 2) & (y > 1.0) & (y < hi[:, 1] - 0.6)
         window &= np.abs(normal[:, 1]) < 0.5
-        cell = _hash(np.floor(along / np.maximum(col_w, 1e-3)), np.floor(y / np.maximum(floor_h, 1e-3)),
-                     index, salt=3)  # fmt: skip
+        cell = _hash(np.floor(along / np.maximum(col_w, 1e-3)), np.floor(y / np.maximum(floor_h, 1e-3)), index, salt=3)
         glass = (0.1 + 0.3 * scene.sky_horizon * (0.6 + 0.4 * cell[:, None])).astype(np.float32)
         wall = colour * (0.86 + 0.14 * fine) * (0.85 + 0.3 * coarse)
         roof = normal[:, 1] > 0.5

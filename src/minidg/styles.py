@@ -58,8 +58,11 @@ def night(render: Render, rng: np.random.Generator) -> np.ndarray:
     here surfaces keep a third of their light and nearby geometry is lit, so the domain is hard but learnable.
     """
     albedo, points, normal = _albedo(render), render.points, render.normal
-    cast = (np.array([1.15, 0.9, 0.6]) if rng.random() < 0.4
-            else np.array([rng.uniform(0.75, 0.95), rng.uniform(0.8, 1.0), rng.uniform(1.0, 1.25)]))  # fmt: skip
+    cast = (
+        np.array([1.15, 0.9, 0.6])
+        if rng.random() < 0.4
+        else np.array([rng.uniform(0.75, 0.95), rng.uniform(0.8, 1.0), rng.uniform(1.0, 1.25)])
+    )
     light = rng.uniform(0.15, 0.27) * cast * np.ones_like(albedo)
     lamp_colour = np.array([1.0, 0.85, 0.6]) if rng.random() < 0.6 else np.array([1.0, 0.7, 0.35])
     for lamp in render.lamps:  # point lights with inverse-square falloff
@@ -69,10 +72,10 @@ def night(render: Render, rng: np.random.Generator) -> np.ndarray:
         light += rng.uniform(0.6, 1.2) * facing / (1 + (dist / 4.0) ** 2) * lamp_colour
     rel = points - (render.camera_position + np.array([0.0, -0.8, 0.5]))  # own headlights: a forward cone
     ahead = np.maximum(rel[..., 2], 0)
-    cone = np.exp(-((rel[..., 0] / (0.45 * ahead + 0.8)) ** 2)) * np.exp(-(np.maximum(rel[..., 1], 0) / 1.5) ** 2)
+    cone = np.exp(-((rel[..., 0] / (0.45 * ahead + 0.8)) ** 2)) * np.exp(-((np.maximum(rel[..., 1], 0) / 1.5) ** 2))
     beam = rng.uniform(0.4, 0.9) * cone * (rel[..., 2] > 0) / (1 + (ahead / 12) ** 2)
     light += beam[..., None] * np.array([1.0, 0.97, 0.9])
-    out = albedo ** 1.1 * light
+    out = albedo**1.1 * light
     sky = _sky_gradient(render, np.array([0.16, 0.13, 0.11]) * rng.uniform(0.8, 1.4), np.array([0.01, 0.015, 0.04]))
     out = np.where(render.sky[..., None], sky, out)
     emission = render.emission * rng.uniform(0.7, 1.1)
@@ -129,8 +132,12 @@ def random_style(render: Render, rng: np.random.Generator) -> np.ndarray:
 
 
 STYLES: dict[str, Callable[[Render, np.random.Generator], np.ndarray]] = {
-    "day": day, "night": night, "fog": fog, "snow": snow, "random": random_style,
-}  # fmt: skip
+    "day": day,
+    "night": night,
+    "fog": fog,
+    "snow": snow,
+    "random": random_style,
+}
 _STYLE_KEYS = {name: i for i, name in enumerate(STYLES)}
 
 

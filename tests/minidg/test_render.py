@@ -158,8 +158,12 @@ def test_saved_vfms_load_as_user_weights() -> None:
     from src.minidg.pretrain import VISUAL_ARCH, VISUAL_KWARGS, depth_input, normalize
 
     x = normalize(np.stack([(stylize(render_seed(i), "day", i) * 255).astype(np.uint8) for i in range(2)]))
-    vit = timm.create_model(VISUAL_ARCH, pretrained=True, **VISUAL_KWARGS,
-                            pretrained_cfg_overlay=dict(file=str(ASSETS / "visual_vit" / "model.safetensors")))  # fmt: skip
+    vit = timm.create_model(
+        VISUAL_ARCH,
+        pretrained=True,
+        **VISUAL_KWARGS,
+        pretrained_cfg_overlay=dict(file=str(ASSETS / "visual_vit" / "model.safetensors")),
+    )
     fresh = timm.create_model(VISUAL_ARCH, pretrained=False, **VISUAL_KWARGS)
     assert not torch.equal(vit.pos_embed, fresh.pos_embed)  # the weights were loaded, not initialised
     depth = DepthAnythingForDepthEstimation.from_pretrained(str(ASSETS / "depth_anything"), local_files_only=True)
