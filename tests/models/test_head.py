@@ -222,3 +222,16 @@ def test_full_size_parameter_count():
     assert num_params(head) == 20_579_796 and abs(num_params(head) / 20.58e6 - 1) < 0.01
     assert num_params(learned) == 20_579_796 - 65_792 + 2 * 100 * 256
     assert len(decoder.layers) == 9
+
+
+def test_mask_count_is_averaged_over_ranks(monkeypatch):
+    from src.models.heads.mask2former import DistributedMask2FormerLoss
+
+    labels = [torch.tensor([0, 3]), torch.tensor([1])]
+    loss = DistributedMask2FormerLoss.__new__(DistributedMask2FormerLoss)
+    assert float(loss.get_num_masks(labels, torch.device("cpu"))) == 3.0
+    assert float(loss.get_num_masks([torch.tensor([], dtype=torch.long)], torch.device("cpu"))) == 1.0
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: t.add_(5.0))  # the other rank holds 5 masks
+    assert float(loss.get_num_masks(labels, torch.device("cpu"))) == 4.0

@@ -82,6 +82,20 @@ class QueryInputTransformerModule(Mask2FormerTransformerModule):
         )
 
 
+class DistributedMask2FormerLoss(Mask2FormerLoss):
+    """HF's loss with the mask count averaged over DDP ranks through torch.distributed (SPEC §5.3).
+
+    HF only averages it under an `accelerate` state, which Lightning's DDP does not create.
+    """
+
+    def get_num_masks(self, class_labels: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+        num_masks = torch.as_tensor(float(sum(len(c) for c in class_labels)), device=device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(num_masks)
+            num_masks = num_masks / torch.distributed.get_world_size()
+        return num_masks.clamp(min=1)
+
+
 class Mask2FormerHead(Mask2FormerPreTrainedModel):
     """SPEC §5 head: MSDeformAttn pixel decoder, 9-layer masked-attention decoder, 10 predictions, §5.3 losses.
 
@@ -152,7 +166,7 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
             self.query_embed = nn.Embedding(num_queries, hidden_dim)
             self.query_feat = nn.Embedding(num_queries, hidden_dim)
         self.class_predictor = nn.Linear(hidden_dim, num_classes + 1)
-        self.criterion = Mask2FormerLoss(
+        self.criterion = DistributedMask2FormerLoss(
             config, weight_dict={"loss_cross_entropy": class_weight, "loss_mask": mask_weight, "loss_dice": dice_weight}
         )
         self.post_init()
