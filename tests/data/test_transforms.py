@@ -259,3 +259,18 @@ def test_dataloader_workers_draw_different_augmentations() -> None:
     first = images[0]
     assert not torch.equal(first[0], first[1])  # worker 0 and worker 1 got the same image, other draws
     assert all(torch.equal(a, b) for a, b in zip(*images, strict=True))  # reproducible with the loader's seed
+
+
+def test_rectangular_crop_size():
+    import numpy as np
+
+    from src.data.transforms import build_train_transform
+
+    transform = build_train_transform(crop_size=(64, 128), base_size=64, ratios=(1.0, 1.5), max_long_edge=512, seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        out = transform(
+            image=rng.integers(0, 255, (64, 128, 3), dtype=np.uint8),
+            mask=rng.integers(0, 19, (64, 128), dtype=np.uint8),
+        )
+        assert tuple(out["image"].shape) == (3, 64, 128) and tuple(out["mask"].shape) == (64, 128)

@@ -41,7 +41,7 @@ def _normalise() -> A.Normalize:
 
 
 def build_train_transform(
-    crop_size: int = 512,
+    crop_size: int | Sequence[int] = 512,
     base_size: int = 512,
     ratios: Sequence[float] = DEFAULT_RATIOS,
     max_long_edge: int = 2048,
@@ -51,10 +51,14 @@ def build_train_transform(
     photometric: bool = True,
     seed: int | None = None,
 ) -> A.Compose:
-    """SPEC §6.3: short-edge choice, cat-ratio crop, flip, photometric distortion, normalise, pad, to tensor."""
+    """SPEC §6.3: short-edge choice, cat-ratio crop, flip, photometric distortion, normalise, pad, to tensor.
+
+    `crop_size` is the side of a square crop (the paper's 512) or (height, width).
+    """
+    crop_h, crop_w = (crop_size, crop_size) if isinstance(crop_size, int) else (int(crop_size[0]), int(crop_size[1]))
     transforms: list[A.BasicTransform] = [
         RandomShortEdgeResize(short_edge_choices(base_size, ratios), max_long_edge=max_long_edge),
-        CatMaxRatioCrop(crop_size, crop_size, cat_max_ratio=cat_max_ratio, max_attempts=max_attempts),
+        CatMaxRatioCrop(crop_h, crop_w, cat_max_ratio=cat_max_ratio, max_attempts=max_attempts),
         A.HorizontalFlip(p=flip_prob),
     ]
     if photometric:
@@ -62,8 +66,8 @@ def build_train_transform(
     transforms += [
         _normalise(),
         A.PadIfNeeded(
-            min_height=crop_size,
-            min_width=crop_size,
+            min_height=crop_h,
+            min_width=crop_w,
             position="top_left",
             border_mode=cv2.BORDER_CONSTANT,
             fill=0,
