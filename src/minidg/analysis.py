@@ -59,7 +59,7 @@ def feature_stability(assets: Path, num_scenes: int = 150, seed: int = 0) -> dic
         }
         mean = feats["day"].mean((0, 2), keepdim=True)
         day = feats["day"] - mean
-        result[name] = {"rms": day.add(mean).pow(2).mean((0, 2, 3)).sqrt().tolist()}
+        result[name] = {"rms": feats["day"].pow(2).mean((0, 2, 3)).sqrt().tolist()}
         for domain in TARGET_STYLES:
             cos = torch.nn.functional.cosine_similarity(day, feats[domain] - mean, dim=-1).mean((0, 2))
             result[name][domain] = cos.tolist()

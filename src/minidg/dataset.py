@@ -152,8 +152,16 @@ def _run_all(jobs: Iterable[tuple[Callable[..., None], tuple]], workers: int) ->
             pass
 
 
-def _up_to_date(meta_path: Path, meta: dict) -> bool:
-    return meta_path.is_file() and json.loads(meta_path.read_text()) == meta
+def _write_tree(meta_path: Path, meta: dict, jobs: list, workers: int, overwrite: bool) -> None:
+    """Run `jobs` unless `meta_path` already records `meta`. The record is written last, so it marks a complete
+    tree and callers can ask for the data on every run."""
+    meta = json.loads(json.dumps(meta))  # canonical JSON types, comparable with the file's
+    if not overwrite and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
+        return
+    meta_path.unlink(missing_ok=True)
+    _run_all(jobs, workers)
+    meta_path.parent.mkdir(parents=True, exist_ok=True)
+    meta_path.write_text(json.dumps(meta, indent=1))
 
 
 def write_minidg(
@@ -167,8 +175,7 @@ def write_minidg(
 ) -> Path:
     """Write the DG benchmark under `root` (layout in the module docstring) and return `root`.
 
-    `minidg.json` is written last and records the arguments: a tree whose record matches is left as it is
-    unless `overwrite`, so callers can ask for the data on every run.
+    `minidg.json` records the arguments; a tree whose record matches is left as it is unless `overwrite`.
     """
     root = Path(root)
     targets = {"day": "cityscapes/val", **{c: f"acdc/rgb_anon/{c}/val" for c in TARGET_STYLES}}
@@ -184,15 +191,9 @@ def write_minidg(
         "classes": {i: CLASS_NAMES[i] for i in RENDERED_CLASSES},
         "depth_png": f"uint16, metres x {DEPTH_SCALE:g}; sky = {MAX_DEPTH:g}",
     }
-    meta = json.loads(json.dumps(meta))  # canonical JSON types, comparable with the file's
-    meta_path = root / "minidg.json"
-    if not overwrite and _up_to_date(meta_path, meta):
-        return root
-    meta_path.unlink(missing_ok=True)
     jobs = [(_write_train_scene, (root, seed, i, tuple(size))) for i in range(num_train)]
     jobs += [(_write_test_scene, (root, seed, i, tuple(size))) for i in range(num_test)]
-    _run_all(jobs, workers)
-    meta_path.write_text(json.dumps(meta, indent=1))
+    _write_tree(root / "minidg.json", meta, jobs, workers, overwrite)
     return root
 
 
@@ -210,14 +211,9 @@ def write_pretrain_set(
     Layout: `images/<scene>_<k>.png`, `depth/<scene>_depth.png`, `meta.json` (skip rule as `write_minidg`).
     """
     root = Path(root)
-    meta = json.loads(
-        json.dumps({"format": 1, "seed": seed, "size": list(size), "num_scenes": num_scenes, "stylings": stylings})
-    )
-    if not overwrite and _up_to_date(root / "meta.json", meta):
-        return root
-    (root / "meta.json").unlink(missing_ok=True)
-    _run_all([(_write_pretrain_scene, (root, seed, i, tuple(size), stylings)) for i in range(num_scenes)], workers)
-    (root / "meta.json").write_text(json.dumps(meta, indent=1))
+    meta = {"format": 1, "seed": seed, "size": list(size), "num_scenes": num_scenes, "stylings": stylings}
+    jobs = [(_write_pretrain_scene, (root, seed, i, tuple(size), stylings)) for i in range(num_scenes)]
+    _write_tree(root / "meta.json", meta, jobs, workers, overwrite)
     return root
 
 

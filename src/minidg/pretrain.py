@@ -5,9 +5,9 @@
   input: like MAE/CLIP-type VFMs it must keep the input's appearance (night and fog included), so its features
   shift with the domain, which is the premise DepthForge addresses. Saved as a timm `model.safetensors`.
 - Depth VFM: a `transformers` Depth Anything (DINOv2 backbone of the same size with patch 14, DPT neck and head),
-  trained to regress relative inverse depth. Its patch is 14 like Depth Anything V2, so MiniDG exercises the
-  project's `resize_input` grid alignment (the 64x128 image is resized to 112x224 for an 8x16 token grid, the
-  visual ViT's grid). Saved with `save_pretrained`.
+  trained to regress relative inverse depth (`_DepthLosses`). Its patch is 14 like Depth Anything V2, so MiniDG
+  exercises the project's `resize_input` grid alignment (the 64x128 image is resized to 112x224 for an 8x16 token
+  grid, the visual ViT's grid). Saved with `save_pretrained`.
 
 Both read ImageNet-normalised RGB, the pipeline's preprocessing. Training is deterministic given the seed
 (1 thread, seeded sampling and masks, deterministic algorithms).
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
+from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from src.minidg.dataset import PretrainSet
 from src.minidg.render import IMAGE_SIZE, MAX_DEPTH
 
@@ -38,8 +39,8 @@ VISUAL_KWARGS: dict = dict(img_size=IMAGE_SIZE, patch_size=8, embed_dim=128, dep
 VISUAL_GRID = (IMAGE_SIZE[0] // 8, IMAGE_SIZE[1] // 8)
 DEPTH_PATCH = 14
 MIN_DEPTH = 1.0  # metres; nearer is clamped in the depth target
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+_MEAN = torch.tensor([m / 255 for m in IMAGENET_MEAN]).view(1, 3, 1, 1)  # of 0..1 RGB
+_STD = torch.tensor([s / 255 for s in IMAGENET_STD]).view(1, 3, 1, 1)
 
 
 def create_visual_vfm(checkpoint: str | Path | None = None, **kwargs) -> nn.Module:
@@ -81,8 +82,7 @@ def load_depth_vfm(directory: str | Path) -> DepthAnythingForDepthEstimation:
 
 def normalize(images: np.ndarray) -> torch.Tensor:
     """uint8 RGB (B, H, W, 3) -> ImageNet-normalised float (B, 3, H, W), the pipeline's preprocessing."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - _MEAN) / _STD
 
 
 def depth_input(x: torch.Tensor, grid: tuple[int, int] = VISUAL_GRID) -> torch.Tensor:
