@@ -13,7 +13,7 @@ from src.data.datasets import ACDCDataset, CityscapesDataset, read_image, read_r
 from src.data.labels import IGNORE_INDEX, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES
 from src.minidg.dataset import load_pretrain_set, read_depth, write_minidg, write_pretrain_set
 from src.minidg.render import MAX_DEPTH, RENDERED_CLASSES, ROAD, SKY, render_seed
-from src.minidg.styles import STYLES, TARGET_STYLES, haze, stylize
+from src.minidg.styles import STYLES, TARGET_STYLES, haze, stylize, to_uint8
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "minidg"
 
@@ -28,7 +28,7 @@ def test_labels_and_depth_are_consistent(renders) -> None:
         valid = set(range(NUM_CLASSES)) | {IGNORE_INDEX}
         assert set(np.unique(r.label).tolist()) <= set(RENDERED_CLASSES) <= valid
         sky = r.label == SKY
-        assert sky.any() and (~sky).any()
+        assert sky.any() and (~sky).any() and np.array_equal(r.sky, sky)
         assert np.all(r.depth[sky] == MAX_DEPTH)  # the sky is the farthest thing in the image
         assert np.all(r.depth[~sky] <= MAX_DEPTH) and np.all(r.depth > 0)
         assert r.depth[~sky].mean() < 0.5 * MAX_DEPTH
@@ -157,7 +157,7 @@ def test_saved_vfms_load_as_user_weights() -> None:
 
     from src.minidg.pretrain import VISUAL_ARCH, VISUAL_KWARGS, depth_input, normalize
 
-    x = normalize(np.stack([(stylize(render_seed(i), "day", i) * 255).astype(np.uint8) for i in range(2)]))
+    x = normalize(np.stack([to_uint8(stylize(render_seed(i), "day", i)) for i in range(2)]))
     vit = timm.create_model(
         VISUAL_ARCH,
         pretrained=True,
