@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     infer_time = statistics.median(timed(infer, device, max(args.steps // 2, 1), 1))
     print(f"| device | {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} |")
     print(f"| precision / compile | {args.precision} / {args.compile} |")
-    print(f"| train step (batch {args.batch_size}, {crop}²) | {step * 1000:.0f} ms = {args.batch_size / step:.2f} img/s |")
+    print(
+        f"| train step (batch {args.batch_size}, {crop}²) | {step * 1000:.0f} ms = {args.batch_size / step:.2f} img/s |"
+    )
     print(f"| peak GPU memory (train) | {peak:.1f} GiB |")
     print(f"| slide inference {w}x{h} | {infer_time * 1000:.0f} ms/image |")
 

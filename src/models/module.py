@@ -89,8 +89,10 @@ class SegmentationModule(L.LightningModule):
         total = self.trainer.estimated_stepping_batches
         pct_start = getattr(self.scheduler_factory, "keywords", {}).get("pct_start")
         if pct_start is not None and float(pct_start) * total == 1:  # torch's OneCycleLR divides by zero then
-            raise ValueError(f"a OneCycle warm-up of pct_start·total_steps = {pct_start}·{total} = 1 step is degenerate; "
-                             "change trainer.max_steps or model.scheduler.pct_start")
+            raise ValueError(
+                f"a OneCycle warm-up of pct_start·total_steps = {pct_start}·{total} = 1 step is degenerate; "
+                "change trainer.max_steps or model.scheduler.pct_start"
+            )
         scheduler = self.scheduler_factory(optimizer, max_lr=[g["lr"] for g in groups], total_steps=int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
