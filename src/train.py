@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import hydra
 import lightning as L
@@ -11,6 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 from src.utils.instantiate import build_module, build_trainer
 
 log = logging.getLogger(__name__)
+
+# Lightning warnings that do not apply here: the frozen VFMs are in eval mode on purpose, and DGDataModule
+# resumes the training data mid-epoch itself (see src/data/sampler.py).
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -30,8 +30,8 @@ def test_the_paper_settings_are_there():
 def test_experiment_composes_and_instantiates(experiment, data_root, tmp_path):
     small = [f"paths.data_dir={data_root}", "data.batch_size=2", "data.num_workers=0"]
     overrides = [f"experiment={experiment}", *TINY, *small]
-    if experiment == "minidg":  # its own tiny VFMs; only the data root is redirected
-        overrides = [f"experiment={experiment}", "trainer=cpu", *small]
+    if experiment == "minidg":  # its own tiny pretrained VFMs; only the data is redirected and made small
+        overrides = [f"experiment={experiment}", *small, "data.prepare.num_train=4", "data.prepare.num_test=2"]
     cfg = compose_config(overrides, tmp_path)
     module = build_module(cfg)
     assert isinstance(module.segmenter, Segmenter)
