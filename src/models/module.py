@@ -8,12 +8,15 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 
+from src.data.labels import CLASS_NAMES
 from src.metrics import SegmentationIoU
 from src.models.inference import slide_inference
 from src.models.segmenter import Segmenter
 from src.utils.checkpoint import CheckpointError, config_differences
+from src.utils.visualize import colorize, denormalize
 
 
 class SegmentationModule(L.LightningModule):
@@ -115,8 +118,6 @@ class SegmentationModule(L.LightningModule):
         self._eval_step(batch, dataloader_idx, "test", batch_idx)
 
     def _log_domain_metrics(self, stage: str) -> dict[str, dict[str, torch.Tensor]]:
-        from src.data.labels import CLASS_NAMES
-
         results = {}
         for name in self.domains:
             result = self.metrics[name].compute()
@@ -140,10 +141,6 @@ class SegmentationModule(L.LightningModule):
         self.test_results = {k: {m: v.cpu() for m, v in r.items()} for k, r in self._log_domain_metrics("test").items()}
 
     def _log_media(self, domain: str, batch: dict[str, Any], preds: torch.Tensor, batch_idx: int) -> None:
-        from lightning.pytorch.loggers import WandbLogger
-
-        from src.utils.visualize import colorize, denormalize
-
         loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
         if not loggers or self.trainer.sanity_checking:
             return

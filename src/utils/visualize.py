@@ -6,9 +6,7 @@ import numpy as np
 import torch
 
 from src.data.labels import IGNORE_INDEX, PALETTE
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def colorize(label: torch.Tensor | np.ndarray) -> torch.Tensor:
