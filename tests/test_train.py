@@ -124,3 +124,14 @@ def test_resume_after_a_crash_continues_exactly(smoke_run, tmp_path):
         straight["optimizer_states"][0]["state"].values(), resumed["optimizer_states"][0]["state"].values()
     ):
         torch.testing.assert_close(a["exp_avg"], b["exp_avg"], rtol=0, atol=0)
+
+
+def test_damaged_checkpoint_is_refused_by_the_entry_points(smoke_run, tmp_path):
+    data = (smoke_run / "run" / "checkpoints" / "last.ckpt").read_bytes()
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(data[: len(data) // 3])
+    base = ["experiment=smoke", f"paths.data_dir={smoke_run / 'data'}", f"ckpt_path={damaged}"]
+    with pytest.raises(CheckpointError, match="damaged.ckpt"):
+        evaluate(compose_config(base, tmp_path / "eval", config_name="eval"))
+    with pytest.raises(CheckpointError, match="damaged.ckpt"):
+        train(compose_config([*base, "trainer.max_steps=8"], tmp_path / "train"))
