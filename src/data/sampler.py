@@ -76,7 +76,8 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
-        transform = getattr(self.dataset, "transform", None)
-        if isinstance(transform, A.BaseCompose):
-            reseed(transform, seed)
+        if hasattr(self.dataset, "seed_transform"):  # our datasets: also stops their per-worker reseed overriding it
+            self.dataset.seed_transform(seed)
+        elif isinstance(getattr(self.dataset, "transform", None), A.BaseCompose):
+            reseed(self.dataset.transform, seed)
         return self.dataset[index]

@@ -38,3 +38,25 @@ def test_augmentation_seeds_depend_on_seed_epoch_and_index_only():
     assert all(seed == sample_seed(5, 1, i) for i, seed in keys)
     assert len({seed for _, seed in keys}) == 6
     assert sample_seed(5, 2, 0) != sample_seed(5, 1, 0) != sample_seed(6, 1, 0)
+
+
+def test_augmentation_is_the_same_with_any_number_of_workers():
+    import torch
+    from torch.utils.data import DataLoader
+
+    from src.data.datasets import SyntheticDataset
+    from src.data.sampler import SeededDataset
+    from src.data.transforms import build_train_transform
+
+    def first_batch(workers: int) -> torch.Tensor:
+        dataset = SyntheticDataset(num_images=8, size=(96, 48), seed=0, transform=build_train_transform(crop_size=32))
+        loader = DataLoader(
+            SeededDataset(dataset),
+            batch_size=4,
+            sampler=ResumableSampler(8, seed=2),
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(0),
+        )
+        return next(iter(loader))["image"]
+
+    assert torch.equal(first_batch(0), first_batch(2))

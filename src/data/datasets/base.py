@@ -100,6 +100,11 @@ class SegmentationDataset(Dataset, ABC):
             reseed(self.transform, info.seed % 2**32)
             self._seeded_pid = os.getpid()
 
+    def seed_transform(self, seed: int) -> None:
+        """Reseed the transform for the next draw; the per-worker reseed then leaves this process alone."""
+        reseed(self.transform, seed)
+        self._seeded_pid = os.getpid()
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         self._seed_worker()
         image, label = self.load(index)
