@@ -102,6 +102,20 @@ def test_maps_have_spec_strides(family: str) -> None:
     assert [tuple(m.shape) for m in maps] == [(1, 64, 16, 16), (1, 64, 8, 8), (1, 64, 4, 4), (1, 64, 2, 2)]
 
 
+@pytest.mark.parametrize("patch", [8, 16])
+def test_levels_are_at_image_strides_4_8_16_32_whatever_the_patch(patch: int) -> None:
+    """The pixel decoder expects strides 4/8/16/32 of the image: a patch-8 ViT (MiniDG) resamples ×2, ×1, ×½, ×¼."""
+    bb = tiny_visual("dinov2", depth=4, patch_size=patch, out_indices=[3, 3, 3, 3])
+    assert bb.level_scales == ((2.0, 1.0, 0.5, 0.25) if patch == 8 else (4.0, 2.0, 1.0, 0.5))
+    with torch.no_grad():
+        maps = bb(torch.randn(1, 3, 64, 128))
+    assert [tuple(m.shape[-2:]) for m in maps] == [(16, 32), (8, 16), (4, 8), (2, 4)]
+    grid = maps[1] if patch == 8 else maps[2]  # the level at the token stride is the unresampled token grid
+    for level, scale in zip(maps, bb.level_scales):
+        expected = grid if scale == 1 else F.interpolate(grid, scale_factor=scale, mode="bilinear")
+        torch.testing.assert_close(level, expected)
+
+
 def test_levels_are_bilinear_resamplings_of_the_blocks() -> None:
     bb = tiny_visual("dinov2", depth=4, out_indices=[2, 2, 2, 2])
     with torch.no_grad():

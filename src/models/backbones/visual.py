@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from src.models.adapters.base import Adapter
 from src.models.weights import missing_weights, timm_weight_source
 
-#: Output scale of each of the 4 levels relative to the stride-16 token grid (SPEC §1.1: strides 4/8/16/32).
-LEVEL_SCALES = (4.0, 2.0, 1.0, 0.5)
+#: Image strides of the 4 output levels (SPEC §1.1). A patch-16 ViT resamples its token grid ×4, ×2, ×1, ×½.
+LEVEL_STRIDES = (4, 8, 16, 32)
 
 #: A step receives (layer index, patch tokens (B, N, C)) after each block and returns the patch tokens.
 BlockStep = Callable[[int, Tensor], Tensor]
@@ -141,7 +141,9 @@ class VisualBackbone(nn.Module):
         self.out_indices: list[int] = (
             list(out_indices) if out_indices is not None else default_out_indices(self.num_layers)
         )
-        if len(self.out_indices) != len(LEVEL_SCALES) or not all(0 <= i < self.num_layers for i in self.out_indices):
+        #: each level's resampling of the token grid, patch/stride: (4, 2, 1, ½) at patch 16, (2, 1, ½, ¼) at patch 8
+        self.level_scales: tuple[float, ...] = tuple(self.patch_size / s for s in LEVEL_STRIDES)
+        if len(self.out_indices) != len(LEVEL_STRIDES) or not all(0 <= i < self.num_layers for i in self.out_indices):
             raise ValueError(f"out_indices must be 4 block indices in [0, {self.num_layers}), got {self.out_indices}")
 
     @staticmethod
@@ -214,7 +216,7 @@ class VisualBackbone(nn.Module):
             return tokens
 
         self._blocks(self.model, images, step)
-        return [self._to_map(collected[i], grid, scale) for i, scale in zip(self.out_indices, LEVEL_SCALES)]
+        return [self._to_map(collected[i], grid, scale) for i, scale in zip(self.out_indices, self.level_scales)]
 
     @staticmethod
     def _to_map(tokens: Tensor, grid: tuple[int, int], scale: float) -> Tensor:
