@@ -26,6 +26,8 @@ class Segmenter(nn.Module):
     here: ``token_adapter(num_layers, embed_dim)``, ``refinement_decoder(channels)``, ``mask_head(in_channels)``.
     ``depth_backbone`` is a factory too, so the depth VFM is only built when the adapter reads depth.
     ``train_backbone=True`` is the "full" fine-tuning baseline (the visual VFM trains at ``backbone_lr_mult``).
+    ``lr_mult`` maps name substrings to learning-rate multipliers, as mmseg's ``custom_keys`` ``lr_mult`` (the
+    longest matching key wins); the paper's configs use none, MiniDG uses one for the tokens.
     """
 
     def __init__(
@@ -38,10 +40,12 @@ class Segmenter(nn.Module):
         num_classes: int = 19,
         train_backbone: bool = False,
         backbone_lr_mult: float = 0.1,
+        lr_mult: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.backbone_lr_mult = backbone_lr_mult
+        self.lr_mult = dict(lr_mult or {})
         self.visual_backbone = visual_backbone
         # the VFM's own weights, told apart from adapter weights that attach() may add inside its blocks
         self._vfm_param_names = {f"visual_backbone.{n}" for n, _ in visual_backbone.named_parameters()}
@@ -108,7 +112,8 @@ class Segmenter(nn.Module):
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """AdamW groups of SPEC §7.1: no decay for norms, tokens, scale and level/query embeddings.
 
-        Frozen parameters are left out entirely; the visual VFM (``full`` baseline only) gets ``backbone_lr_mult``.
+        Frozen parameters are left out entirely; the visual VFM (``full`` baseline only) gets ``backbone_lr_mult``;
+        a parameter whose name contains a key of ``lr_mult`` gets that multiplier (the longest key wins).
         """
         no_decay_modules = {
             f"{m_name}.{p_name}" if m_name else p_name
@@ -116,7 +121,8 @@ class Segmenter(nn.Module):
             if isinstance(m, _NORM_MODULES)
             for p_name, _ in m.named_parameters(recurse=False)
         }
-        groups: dict[tuple[bool, bool], list[tuple[str, nn.Parameter]]] = {}
+        keys = sorted(self.lr_mult, key=lambda k: (-len(k), k))
+        groups: dict[tuple[bool, bool, float], list[tuple[str, nn.Parameter]]] = {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
@@ -126,15 +132,21 @@ class Segmenter(nn.Module):
                 or (name.startswith("token_adapter.") and name.endswith("scale"))  # s of REIN/DepthForge/FADA
             ) or any(k in name for k in DECAY_KEYS)
             in_backbone = name in self._vfm_param_names
-            groups.setdefault((in_backbone, decay), []).append((name, p))
+            mult = next((float(self.lr_mult[k]) for k in keys if k in name), 1.0)
+            if in_backbone:
+                mult *= self.backbone_lr_mult
+            groups.setdefault((in_backbone, decay, mult), []).append((name, p))
         out = []
-        for (in_backbone, decay), named in sorted(groups.items()):
+        for (in_backbone, decay, mult), named in sorted(groups.items()):
+            group_name = f"{'backbone_' if in_backbone else ''}{'decay' if decay else 'no_decay'}"
             out.append(
                 {
-                    "name": f"{'backbone_' if in_backbone else ''}{'decay' if decay else 'no_decay'}",
+                    "name": group_name
+                    if mult == (self.backbone_lr_mult if in_backbone else 1.0)
+                    else f"{group_name}_lr_x{mult:g}",
                     "params": [p for _, p in named],
                     "param_names": [n for n, _ in named],
-                    "lr": lr * (self.backbone_lr_mult if in_backbone else 1.0),
+                    "lr": lr * mult,
                     "weight_decay": weight_decay if decay else 0.0,
                 }
             )

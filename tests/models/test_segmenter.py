@@ -78,6 +78,31 @@ def test_optimiser_holds_the_trainable_parameters_in_the_spec_groups(module):
     assert level and all(wd[n] == (0.05 if "pixel_decoder" in n else 0.0) for n in level)
 
 
+def test_lr_mult_scales_the_named_parameters_and_keeps_the_decay_groups(module):
+    """mmseg custom_keys semantics: substring match, longest key first; weight decay is unchanged."""
+    seg = module.segmenter
+    base = {n: (g["lr"], g["weight_decay"]) for g in seg.param_groups(1e-4, 0.05) for n in g["param_names"]}
+    seg.lr_mult = {"learnable_tokens": 10.0, "learnable_tokens_b": 3.0, "token_adapter": 0.5}
+    try:
+        groups = seg.param_groups(1e-4, 0.05)
+    finally:
+        seg.lr_mult = {}
+    got = {n: (g["lr"], g["weight_decay"]) for g in groups for n in g["param_names"]}
+    assert got.keys() == base.keys() and sum(len(g["params"]) for g in groups) == len(base)
+    expected_mult = {
+        "token_adapter.learnable_tokens_a": 10.0,
+        "token_adapter.learnable_tokens_b": 3.0,  # the longer key wins
+        "token_adapter.scale": 0.5,
+        "token_adapter.mlp_delta_f.weight": 0.5,
+    }
+    for name, (lr, wd) in got.items():
+        mult = expected_mult.get(name, 0.5 if name.startswith("token_adapter.") else 1.0)
+        assert lr == pytest.approx(1e-4 * mult), name
+        assert wd == base[name][1], name
+    names = {g["name"] for g in groups}
+    assert {"no_decay_lr_x10", "no_decay_lr_x3", "no_decay_lr_x0.5", "decay_lr_x0.5", "decay", "no_decay"} <= names
+
+
 def test_trainable_state_dict_holds_no_vfm_tensor(module):
     seg = module.segmenter
     state = seg.trainable_state_dict()
