@@ -21,10 +21,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
+from hydra import compose, initialize_config_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from src.minidg.analysis import format_attention_table, token_attention  # noqa: E402
 from src.minidg.dataset import write_minidg  # noqa: E402
+from src.utils.instantiate import build_module  # noqa: E402
 
 DOMAINS = ("day", "night", "fog", "snow")
 SHIFTED = ("night", "fog", "snow")
@@ -38,8 +43,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each")
     p.add_argument("--data-dir", type=Path, default=ROOT / "data")
     p.add_argument("--out", type=Path, default=ROOT / "logs" / "minidg_sweep")
+    p.add_argument("--no-attention", dest="attention", action="store_false", help="skip the token-attention table")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     return p.parse_args(argv)
+
+
+def run_overrides(method: str, seed: int, args: argparse.Namespace) -> list[str]:
+    overrides = ["experiment=minidg", f"ablation={method}", f"seed={seed}", f"paths.data_dir={args.data_dir}"]
+    if args.steps:
+        overrides += [f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}"]
+    return [*overrides, *args.overrides]
 
 
 def run_one(method: str, seed: int, args: argparse.Namespace) -> tuple[str, int, dict[str, float], float]:
@@ -48,17 +61,11 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> tuple[str, int,
         sys.executable,
         "-m",
         "src.train",
-        "experiment=minidg",
-        f"ablation={method}",
-        f"seed={seed}",
-        f"paths.data_dir={args.data_dir}",
+        *run_overrides(method, seed, args),
         f"hydra.run.dir={run_dir}",
         "data.num_workers=0",
         "data.persistent_workers=false",
-        *args.overrides,
     ]
-    if args.steps:
-        cmd += [f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     start = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -71,6 +78,20 @@ def final_metrics(run_dir: Path) -> dict[str, float]:
     """The last validation row of the run's CSV log: mIoU per domain."""
     rows = [r for r in csv.DictReader(next((run_dir / "csv").rglob("metrics.csv")).open()) if r.get("val/mean_mIoU")]
     return {d: float(rows[-1][f"val/{d}/mIoU"]) for d in DOMAINS}
+
+
+def attention_report(method: str, seed: int, args: argparse.Namespace) -> dict[str, list[float]] | None:
+    """Token-attention statistics of a finished run (src.minidg.analysis.token_attention); None without tokens."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[*run_overrides(method, seed, args), f"paths.output_dir={args.out}"])
+    segmenter = build_module(cfg).segmenter
+    if not hasattr(segmenter.token_adapter, "attention"):
+        return None
+    checkpoint = torch.load(
+        args.out / f"{method}_seed{seed}" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    segmenter.load_trainable_state_dict({k.removeprefix("segmenter."): v for k, v in checkpoint["state_dict"].items()})
+    return token_attention(segmenter)
 
 
 def table(results: list[tuple[str, int, dict[str, float], float]], methods: list[str]) -> str:
@@ -118,6 +139,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{table(results, args.methods)}\n\nCommand: `{command}` — {len(jobs)} runs, {args.jobs} in parallel, "
         f"{wall / 60:.1f} min wall, {cpu_min:.1f} CPU-min in runs (one thread each).\n"
     )
+    if args.attention:
+        stats = {m: attention_report(m, args.seeds[0], args) for m in args.methods}
+        stats = {m: s for m, s in stats.items() if s is not None}
+        if stats:
+            report += f"\nToken attention after training (seed {args.seeds[0]}, 40 test scenes):\n\n"
+            report += format_attention_table(stats) + "\n"
     (args.out / "results.md").write_text(report)
     print(report)
 

@@ -19,26 +19,14 @@ import torch
 from torch import nn
 
 from src.minidg.dataset import test_scene
-from src.minidg.pretrain import create_visual_vfm, depth_input, load_depth_vfm, normalize
+from src.minidg.pretrain import (
+    create_visual_vfm,
+    depth_block_tokens,
+    load_depth_vfm,
+    normalize,
+    visual_block_tokens,
+)
 from src.minidg.styles import TARGET_STYLES
-
-
-@torch.no_grad()
-def visual_block_tokens(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(B, L, N, C) patch tokens after each block of a timm ViT, prefix tokens dropped."""
-    tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
-    out = []
-    for block in vit.blocks:
-        tokens = block(tokens)
-        out.append(tokens[:, vit.num_prefix_tokens :])
-    return torch.stack(out, 1)
-
-
-@torch.no_grad()
-def depth_block_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(B, L, N, C) raw patch tokens after each block of the Depth Anything backbone (cls dropped)."""
-    hidden = model.backbone(pixel_values=depth_input(x), output_hidden_states=True).hidden_states[1:]
-    return torch.stack([h[:, 1:] for h in hidden], 1)
 
 
 def feature_stability(assets: Path, num_scenes: int = 150, seed: int = 0) -> dict[str, dict[str, list[float]]]:
@@ -77,6 +65,67 @@ def format_table(result: dict[str, dict[str, list[float]]]) -> str:
         for domain in (*TARGET_STYLES, "rms"):
             label = "day token RMS" if domain == "rms" else f"cos(day, {domain})"
             lines.append(f"| {name} | {label} | " + " | ".join(f"{v:.2f}" for v in rows[domain]) + " |")
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def token_attention(segmenter: nn.Module, num_scenes: int = 40, seed: int = 0) -> dict[str, list[float]]:
+    """Is a trained REIN/DepthForge token module's attention S in use, and is it stable across the domains?
+
+    Runs ``segmenter`` (eval mode) on ``num_scenes`` test scenes in every domain and records, per layer:
+    ``peak``, the mean over day patches of max_m S (1/M for uniform attention: every patch then reads the same
+    token mix and the tokens carry no spatial information); ``in_use``, the number of tokens that are the most
+    attended one of at least 1% of the day patches (1 = collapsed: one token for every patch); and
+    ``agree_<domain>``, the share of patches whose
+    most-attended token is the same in day and in that domain (1 = the shift does not change which tokens a
+    patch reads).
+    """
+    adapter = segmenter.token_adapter
+    if not hasattr(adapter, "attention"):
+        raise ValueError(f"{type(adapter).__name__} has no token attention to diagnose")
+    images: dict[str, list[np.ndarray]] = {d: [] for d in ("day", *TARGET_STYLES)}
+    for i in range(num_scenes):
+        for domain, image in test_scene(seed, i)[1].items():
+            images[domain].append(image)
+    recorded: list[torch.Tensor] = []
+    handle = adapter.register_forward_hook(lambda module, args, out: recorded.append(module.attention(*args)))
+    attention = {}
+    try:
+        for domain, batch in images.items():
+            recorded.clear()
+            segmenter.eval()(normalize(np.stack(batch)))
+            attention[domain] = list(recorded)  # one (B, N, M) per layer
+    finally:
+        handle.remove()
+    day = attention["day"]
+    result = {
+        "peak": [s.amax(-1).mean().item() for s in day],
+        "in_use": [
+            float((torch.bincount(s.argmax(-1).flatten(), minlength=s.shape[-1]) >= 0.01 * s[..., 0].numel()).sum())
+            for s in day
+        ],
+    }
+    for domain in TARGET_STYLES:
+        result[f"agree_{domain}"] = [
+            (a.argmax(-1) == b.argmax(-1)).float().mean().item() for a, b in zip(day, attention[domain])
+        ]
+    return result
+
+
+def format_attention_table(per_method: dict[str, dict[str, list[float]]]) -> str:
+    """Markdown: one row per method and statistic, one column per layer."""
+    layers = len(next(iter(per_method.values()))["peak"])
+    lines = [
+        "| method | statistic | " + " | ".join(f"layer {i + 1}" for i in range(layers)) + " |",
+        "|---|---|" + "---|" * layers,
+    ]
+    for method, stats in per_method.items():
+        for key, values in stats.items():
+            label = {"peak": "attention peak (day)", "in_use": "tokens in use (day)"}.get(
+                key, f"same top token, day vs {key.removeprefix('agree_')}"
+            )
+            cells = [f"{v:.0f}" if key == "in_use" else f"{v:.2f}" for v in values]
+            lines.append(f"| {method} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -270,3 +270,71 @@ def _check_reload(trained: nn.Module, loaded: nn.Module, data: PretrainSet) -> N
         a, b = trained.forward_features(x), loaded.eval().forward_features(x)
     if not torch.equal(a, b):
         raise RuntimeError(f"reloaded model differs from the trained one (max |diff| {(a - b).abs().max():.3g})")
+
+
+@torch.no_grad()
+def visual_block_tokens(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(B, L, N, C) patch tokens after each block of a timm ViT, prefix tokens dropped."""
+    tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+    out = []
+    for block in vit.blocks:
+        tokens = block(tokens)
+        out.append(tokens[:, vit.num_prefix_tokens :])
+    return torch.stack(out, 1)
+
+
+@torch.no_grad()
+def depth_block_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(B, L, N, C) raw patch tokens after each block of the Depth Anything backbone (cls dropped)."""
+    hidden = model.backbone(pixel_values=depth_input(x), output_hidden_states=True).hidden_states[1:]
+    return torch.stack([h[:, 1:] for h in hidden], 1)
+
+
+@torch.no_grad()
+def scale_residual_stream(model: DepthAnythingForDepthEstimation, alpha: float) -> None:
+    """Multiply the depth backbone's residual stream by ``alpha`` in place, leaving the depth output unchanged.
+
+    Every pre-norm block adds γ·F(LN(h)) to h, and LN(αh) = LN(h). Scaling the embeddings (patch projection,
+    cls/mask tokens, position embeddings) and every LayerScale γ by α therefore scales every hidden state by α,
+    while every LayerNorm output, and with it the DPT neck's input and the predicted depth, stays the same (up to
+    the LayerNorm epsilon).
+    """
+    emb = model.backbone.embeddings
+    for p in (
+        emb.patch_embeddings.projection.weight,
+        emb.patch_embeddings.projection.bias,
+        emb.cls_token,
+        emb.mask_token,
+        emb.position_embeddings,
+    ):
+        p.mul_(alpha)
+    for layer in model.backbone.encoder.layer:
+        layer.layer_scale1.lambda1.mul_(alpha)
+        layer.layer_scale2.lambda1.mul_(alpha)
+
+
+def match_depth_scale(depth_dir: Path, visual_checkpoint: Path, images: np.ndarray) -> float:
+    """Rescale the saved depth VFM so that its raw block tokens have the visual VFM's RMS; returns α.
+
+    Depth Anything V2's encoder is DINOv2 fine-tuned at a small learning rate, so its raw block tokens live at the
+    scale of the visual DINOv2's. The two MiniDG VFMs are trained from scratch, and the depth model's residual
+    stream grew about 3.5× larger than the visual one's. DepthForge adds f·Tᵀ/√C and d·Tᵀ/√C unnormalised, so
+    that ratio, which no real pair has, would decide the balance of its two logit maps. The rescale is exact for
+    the depth model's function (its depth maps are unchanged), so the shipped model is the trained one, re-expressed
+    at the visual model's scale. Running it again is a no-op (α = 1).
+    """
+    x = normalize(images)
+    depth = load_depth_vfm(depth_dir)
+    reference = depth(pixel_values=depth_input(x)).predicted_depth
+    visual = visual_block_tokens(create_visual_vfm(visual_checkpoint).eval(), x)
+    alpha = (visual.square().mean().sqrt() / depth_block_tokens(depth, x).square().mean().sqrt()).item()
+    scale_residual_stream(depth, alpha)
+    after = depth(pixel_values=depth_input(x)).predicted_depth
+    if not torch.allclose(after, reference, atol=1e-2 * reference.abs().max().item()):
+        raise RuntimeError(f"rescaling changed the depth output (max |diff| {(after - reference).abs().max():.3g})")
+    depth.save_pretrained(str(depth_dir))
+    log_path = depth_dir / "pretrain_log.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    log["residual_scale"] = round(log.get("residual_scale", 1.0) * alpha, 6)
+    log_path.write_text(json.dumps(log, indent=1))
+    return alpha

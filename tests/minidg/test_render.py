@@ -173,3 +173,54 @@ def test_saved_vfms_load_as_user_weights() -> None:
     assert tokens.shape == (2, 1 + 8 * 16, 128) and torch.isfinite(tokens).all()
     assert out.predicted_depth.shape == (2, 112, 224) and torch.isfinite(out.predicted_depth).all()
     assert len(out.hidden_states) == 7 and out.hidden_states[-1].shape == (2, 1 + 8 * 16, 128)
+
+
+def test_depth_rescale_keeps_the_depth_output_and_matches_the_visual_token_scale(tmp_path: Path) -> None:
+    import json
+
+    import safetensors.torch
+    from transformers import DepthAnythingForDepthEstimation
+
+    from src.minidg.pretrain import (
+        create_visual_vfm,
+        depth_block_tokens,
+        depth_input,
+        depth_vfm_config,
+        load_depth_vfm,
+        match_depth_scale,
+        normalize,
+        visual_block_tokens,
+    )
+
+    torch.manual_seed(0)
+    vit = create_visual_vfm()
+    safetensors.torch.save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp_path / "v.safetensors"))
+    depth = DepthAnythingForDepthEstimation(depth_vfm_config()).eval()
+    with torch.no_grad():  # a residual stream 5x larger than its init, as training left MiniDG's depth model
+        for layer in depth.backbone.encoder.layer:
+            layer.layer_scale1.lambda1.mul_(5.0)
+            layer.layer_scale2.lambda1.mul_(5.0)
+    depth.save_pretrained(str(tmp_path / "depth"))
+    images = np.stack([to_uint8(stylize(render_seed(i), "day", i)) for i in range(3)])
+    x = normalize(images)
+
+    def rms(t: torch.Tensor) -> float:
+        return t.square().mean().sqrt().item()
+
+    with torch.no_grad():
+        before = depth(pixel_values=depth_input(x)).predicted_depth
+        ratio = rms(depth_block_tokens(depth, x)) / rms(visual_block_tokens(vit.eval(), x))
+    alpha = match_depth_scale(tmp_path / "depth", tmp_path / "v.safetensors", images)
+    assert alpha == pytest.approx(1 / ratio, rel=1e-4)
+    rescaled = load_depth_vfm(tmp_path / "depth")
+    with torch.no_grad():
+        after = rescaled(pixel_values=depth_input(x)).predicted_depth
+        assert rms(depth_block_tokens(rescaled, x)) == pytest.approx(rms(visual_block_tokens(vit, x)), rel=1e-4)
+        tokens = depth_block_tokens(rescaled, x)
+        reference = depth_block_tokens(depth, x)
+    torch.testing.assert_close(tokens, alpha * reference, rtol=1e-4, atol=1e-4)  # every block scaled by α
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-3 * before.abs().max().item())  # same depth maps
+    assert json.loads((tmp_path / "depth" / "pretrain_log.json").read_text())["residual_scale"] == pytest.approx(
+        alpha, rel=1e-5
+    )
+    assert match_depth_scale(tmp_path / "depth", tmp_path / "v.safetensors", images) == pytest.approx(1.0, rel=1e-4)

@@ -68,7 +68,8 @@ class DepthForgeAdapter(ReinAdapter):
             nn.init.zeros_(self.depth_to_token.weight)
             nn.init.zeros_(self.depth_to_token.bias)
 
-    def forward(self, tokens: Tensor, layer: int, depth: Tensor | None = None) -> Tensor:
+    def _inputs(self, tokens: Tensor, layer: int, depth: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(f, d, T) after the variant has let depth into the visual stream or the tokens."""
         if depth is None:
             raise ValueError(
                 "DepthForgeAdapter needs the paired depth tokens of every layer (depth=None): build the Segmenter "
@@ -78,7 +79,6 @@ class DepthForgeAdapter(ReinAdapter):
             raise ValueError(f"depth tokens {tuple(depth.shape)} do not match the visual tokens {tuple(tokens.shape)}")
         # depth is an input of the module: it is never modified and never receives gradient (§3.1 step 6)
         f, d, t = tokens, depth.detach(), self.layer_tokens(layer)
-
         # where depth enters the visual stream or the tokens (the D8 ablations)
         if self.variant == "depth_bias":
             f = f + d
@@ -86,15 +86,22 @@ class DepthForgeAdapter(ReinAdapter):
             f = self.depth_fuse(torch.cat([f, d], dim=-1))
         elif self.variant == "depth_token":
             t = t + self.depth_to_token(d.mean(dim=1)).unsqueeze(1)  # per-image tokens (B, M, C)
+        return f, d, t
 
-        # S: the awareness map
+    def _weights(self, f: Tensor, d: Tensor, t: Tensor) -> Tensor:
+        """S: the awareness map (B, N, M)."""
         if self.variant in ("da_ao", "da_only"):
-            weights = (self.logits(f, t) + self.logits(d, t)).softmax(dim=-1)  # §3.1: Λ = fTᵀ/√C + dTᵀ/√C
-        elif self.variant == "config2":
-            weights = (self.logits(f, t).softmax(dim=-1) + self.logits(d, t).softmax(dim=-1)) / 2
-        else:
-            weights = self.logits(f, t).softmax(dim=-1)
+            return (self.logits(f, t) + self.logits(d, t)).softmax(dim=-1)  # §3.1: Λ = fTᵀ/√C + dTᵀ/√C
+        if self.variant == "config2":
+            return (self.logits(f, t).softmax(dim=-1) + self.logits(d, t).softmax(dim=-1)) / 2
+        return self.logits(f, t).softmax(dim=-1)
 
+    def attention(self, tokens: Tensor, layer: int, depth: Tensor | None = None) -> Tensor:
+        return self._weights(*self._inputs(tokens, layer, depth))
+
+    def forward(self, tokens: Tensor, layer: int, depth: Tensor | None = None) -> Tensor:
+        f, d, t = self._inputs(tokens, layer, depth)
+        weights = self._weights(f, d, t)
         if self.variant == "da_only":
             return f + self.scale * (weights @ t)  # f' = f + s·(S·T)
         return f + self.scale * self.delta(f, weights, t)  # f' = f + s·Δ, Δ = W₂(G + f) + b₂

@@ -91,6 +91,10 @@ class ReinAdapter(Adapter):
         attended = weights[..., 1:] @ values  # G
         return self.mlp_delta_f(attended + f)  # inner residual G + f
 
+    def attention(self, tokens: Tensor, layer: int, depth: Tensor | None = None) -> Tensor:
+        """S (B, N, M): how much each patch takes from each of the layer's tokens (diagnostics, src.minidg.analysis)."""
+        return self.logits(tokens, self.layer_tokens(layer)).softmax(dim=-1)
+
     def refinement(self, f: Tensor, layer: int) -> Tensor:
         """s·Δ for the patch tokens f (B, N, C) after block ``layer``."""
         tokens = self.layer_tokens(layer)
