@@ -27,7 +27,7 @@ class Segmenter(nn.Module):
     ``depth_backbone`` is a factory too, so the depth VFM is only built when the adapter reads depth.
     ``train_backbone=True`` is the "full" fine-tuning baseline (the visual VFM trains at ``backbone_lr_mult``).
     ``lr_mult`` maps name substrings to learning-rate multipliers, as mmseg's ``custom_keys`` ``lr_mult`` (the
-    longest matching key wins); the paper's configs use none, MiniDG uses one for the tokens.
+    longest matching key wins); the paper's configs use none. A key that matches no trainable parameter is an error.
     """
 
     def __init__(
@@ -123,6 +123,10 @@ class Segmenter(nn.Module):
         }
         keys = sorted(self.lr_mult, key=lambda k: (-len(k), k))
         groups: dict[tuple[bool, bool, float], list[tuple[str, nn.Parameter]]] = {}
+        trainable = [name for name, p in self.named_parameters() if p.requires_grad]
+        unmatched = [k for k in keys if not any(k in name for name in trainable)]
+        if unmatched:
+            raise ValueError(f"lr_mult keys {unmatched} match no trainable parameter name (e.g. {trainable[:3]})")
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue

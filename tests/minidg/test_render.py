@@ -194,7 +194,9 @@ def test_depth_rescale_keeps_the_depth_output_and_matches_the_visual_token_scale
 
     torch.manual_seed(0)
     vit = create_visual_vfm()
-    safetensors.torch.save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp_path / "v.safetensors"))
+    safetensors.torch.save_file(
+        {k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp_path / "v.safetensors")
+    )
     depth = DepthAnythingForDepthEstimation(depth_vfm_config()).eval()
     with torch.no_grad():  # a residual stream 5x larger than its init, as training left MiniDG's depth model
         for layer in depth.backbone.encoder.layer:

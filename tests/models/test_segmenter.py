@@ -101,6 +101,10 @@ def test_lr_mult_scales_the_named_parameters_and_keeps_the_decay_groups(module):
         assert wd == base[name][1], name
     names = {g["name"] for g in groups}
     assert {"no_decay_lr_x10", "no_decay_lr_x3", "no_decay_lr_x0.5", "decay_lr_x0.5", "decay", "no_decay"} <= names
+    seg.lr_mult = {"learnable_token": 2.0, "visual_backbone.model.blocks": 5.0}  # frozen: not trainable
+    with pytest.raises(ValueError, match=r"\['visual_backbone.model.blocks'\] match no trainable parameter"):
+        seg.param_groups(1e-4, 0.05)
+    seg.lr_mult = {}
 
 
 def test_trainable_state_dict_holds_no_vfm_tensor(module):
