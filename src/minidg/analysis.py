@@ -54,18 +54,26 @@ def feature_stability(assets: Path, num_scenes: int = 150, seed: int = 0) -> dic
     return result
 
 
+def _markdown(first: str, column: str, rows: list[tuple[str, str, list[str]]]) -> str:
+    """Markdown table with columns (first, statistic, column 1..n) from rows (name, statistic, cells)."""
+    n = len(rows[0][2])
+    lines = [f"| {first} | statistic | " + " | ".join(f"{column} {i + 1}" for i in range(n)) + " |"]
+    lines += ["|---|---|" + "---|" * n]
+    lines += [f"| {name} | {label} | " + " | ".join(cells) + " |" for name, label, cells in rows]
+    return "\n".join(lines)
+
+
 def format_table(result: dict[str, dict[str, list[float]]]) -> str:
     """Markdown table: one row per VFM and domain, one column per block."""
-    blocks = len(next(iter(result.values()))["rms"])
-    lines = [
-        "| VFM | domain | " + " | ".join(f"block {i + 1}" for i in range(blocks)) + " |",
-        "|---|---|" + "---|" * blocks,
-    ]
-    for name, rows in result.items():
-        for domain in (*TARGET_STYLES, "rms"):
-            label = "day token RMS" if domain == "rms" else f"cos(day, {domain})"
-            lines.append(f"| {name} | {label} | " + " | ".join(f"{v:.2f}" for v in rows[domain]) + " |")
-    return "\n".join(lines)
+    return _markdown(
+        "VFM",
+        "block",
+        [
+            (name, "day token RMS" if domain == "rms" else f"cos(day, {domain})", [f"{v:.2f}" for v in rows[domain]])
+            for name, rows in result.items()
+            for domain in (*TARGET_STYLES, "rms")
+        ],
+    )
 
 
 @torch.no_grad()
@@ -114,19 +122,20 @@ def token_attention(segmenter: nn.Module, num_scenes: int = 40, seed: int = 0) -
 
 def format_attention_table(per_method: dict[str, dict[str, list[float]]]) -> str:
     """Markdown: one row per method and statistic, one column per layer."""
-    layers = len(next(iter(per_method.values()))["peak"])
-    lines = [
-        "| method | statistic | " + " | ".join(f"layer {i + 1}" for i in range(layers)) + " |",
-        "|---|---|" + "---|" * layers,
-    ]
-    for method, stats in per_method.items():
-        for key, values in stats.items():
-            label = {"peak": "attention peak (day)", "in_use": "tokens in use (day)"}.get(
-                key, f"same top token, day vs {key.removeprefix('agree_')}"
+    labels = {"peak": "attention peak (day)", "in_use": "tokens in use (day)"}
+    return _markdown(
+        "method",
+        "layer",
+        [
+            (
+                method,
+                labels.get(key, f"same top token, day vs {key.removeprefix('agree_')}"),
+                [f"{v:.0f}" if key == "in_use" else f"{v:.2f}" for v in values],
             )
-            cells = [f"{v:.0f}" if key == "in_use" else f"{v:.2f}" for v in values]
-            lines.append(f"| {method} | {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            for method, stats in per_method.items()
+            for key, values in stats.items()
+        ],
+    )
 
 
 def main() -> None:
