@@ -313,15 +313,17 @@ def scale_residual_stream(model: DepthAnythingForDepthEstimation, alpha: float) 
         layer.layer_scale2.lambda1.mul_(alpha)
 
 
+@torch.no_grad()
 def match_depth_scale(depth_dir: Path, visual_checkpoint: Path, images: np.ndarray) -> float:
     """Rescale the saved depth VFM so that its raw block tokens have the visual VFM's RMS; returns α.
 
     Depth Anything V2's encoder is DINOv2 fine-tuned at a small learning rate, so its raw block tokens live at the
     scale of the visual DINOv2's. The two MiniDG VFMs are trained from scratch, and the depth model's residual
     stream grew about 3.5× larger than the visual one's. DepthForge adds f·Tᵀ/√C and d·Tᵀ/√C unnormalised, so
-    that ratio, which no real pair has, would decide the balance of its two logit maps. The rescale is exact for
-    the depth model's function (its depth maps are unchanged), so the shipped model is the trained one, re-expressed
-    at the visual model's scale. Running it again is a no-op (α = 1).
+    that ratio, which we do not expect of a real pair, sets the balance of its two logit maps. The rescale is exact
+    for the depth model's function (its depth maps are unchanged): the result is the trained model, re-expressed at
+    the visual model's scale. Running it again is a no-op (α = 1). The shipped MiniDG asset is not rescaled; the
+    rescaled one is an ablation (docs/minidg.md).
     """
     x = normalize(images)
     depth = load_depth_vfm(depth_dir)
