@@ -29,12 +29,18 @@ from src.minidg.pretrain import (
 from src.minidg.styles import TARGET_STYLES
 
 
-def feature_stability(assets: Path, num_scenes: int = 150, seed: int = 0) -> dict[str, dict[str, list[float]]]:
-    """Per VFM: per-block mean cosine(day, domain) for each target domain, and the day tokens' RMS ("rms")."""
+def domain_images(num_scenes: int, seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """The first ``num_scenes`` test scenes of dataset ``seed`` rendered in day and in every target domain."""
     images: dict[str, list[np.ndarray]] = {d: [] for d in ("day", *TARGET_STYLES)}
     for i in range(num_scenes):
         for domain, image in test_scene(seed, i)[1].items():
             images[domain].append(image)
+    return images
+
+
+def feature_stability(assets: Path, num_scenes: int = 150, seed: int = 0) -> dict[str, dict[str, list[float]]]:
+    """Per VFM: per-block mean cosine(day, domain) for each target domain, and the day tokens' RMS ("rms")."""
+    images = domain_images(num_scenes, seed)
     models = {
         "visual": (create_visual_vfm(assets / "visual_vit" / "model.safetensors").eval(), visual_block_tokens),
         "depth": (load_depth_vfm(assets / "depth_anything"), depth_block_tokens),
@@ -84,24 +90,21 @@ def token_attention(segmenter: nn.Module, num_scenes: int = 40, seed: int = 0) -
     ``peak``, the mean over day patches of max_m S (1/M for uniform attention: every patch then reads the same
     token mix and the tokens carry no spatial information); ``in_use``, the number of tokens that are the most
     attended one of at least 1% of the day patches (1 = collapsed: one token for every patch); and
-    ``agree_<domain>``, the share of patches whose
-    most-attended token is the same in day and in that domain (1 = the shift does not change which tokens a
-    patch reads).
+    ``agree_<domain>``, the share of patches whose most-attended token is the same in day and in that domain
+    (1 = the shift does not change which tokens a patch reads).
     """
     adapter = segmenter.token_adapter
     if not hasattr(adapter, "attention"):
         raise ValueError(f"{type(adapter).__name__} has no token attention to diagnose")
-    images: dict[str, list[np.ndarray]] = {d: [] for d in ("day", *TARGET_STYLES)}
-    for i in range(num_scenes):
-        for domain, image in test_scene(seed, i)[1].items():
-            images[domain].append(image)
+    images = domain_images(num_scenes, seed)
     recorded: list[torch.Tensor] = []
     handle = adapter.register_forward_hook(lambda module, args, out: recorded.append(module.attention(*args)))
     attention = {}
+    segmenter.eval()
     try:
         for domain, batch in images.items():
             recorded.clear()
-            segmenter.eval()(normalize(np.stack(batch)))
+            segmenter(normalize(np.stack(batch)))
             attention[domain] = list(recorded)  # one (B, N, M) per layer
     finally:
         handle.remove()

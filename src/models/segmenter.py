@@ -123,13 +123,12 @@ class Segmenter(nn.Module):
         }
         keys = sorted(self.lr_mult, key=lambda k: (-len(k), k))
         groups: dict[tuple[bool, bool, float], list[tuple[str, nn.Parameter]]] = {}
-        trainable = [name for name, p in self.named_parameters() if p.requires_grad]
-        unmatched = [k for k in keys if not any(k in name for name in trainable)]
+        trainable = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+        unmatched = [k for k in keys if not any(k in name for name, _ in trainable)]
         if unmatched:
-            raise ValueError(f"lr_mult keys {unmatched} match no trainable parameter name (e.g. {trainable[:3]})")
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
+            examples = [name for name, _ in trainable[:3]]
+            raise ValueError(f"lr_mult keys {unmatched} match no trainable parameter name (e.g. {examples})")
+        for name, p in trainable:
             decay = not (
                 name in no_decay_modules
                 or any(k in name for k in NO_DECAY_KEYS)

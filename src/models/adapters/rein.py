@@ -92,14 +92,12 @@ class ReinAdapter(Adapter):
         return self.mlp_delta_f(attended + f)  # inner residual G + f
 
     def attention(self, tokens: Tensor, layer: int, depth: Tensor | None = None) -> Tensor:
-        """S (B, N, M): how much each patch takes from each of the layer's tokens (diagnostics, src.minidg.analysis)."""
+        """S (B, N, M) = softmax over the M tokens of Λ: how much each patch takes from each of the layer's tokens."""
         return self.logits(tokens, self.layer_tokens(layer)).softmax(dim=-1)
 
     def refinement(self, f: Tensor, layer: int) -> Tensor:
         """s·Δ for the patch tokens f (B, N, C) after block ``layer``."""
-        tokens = self.layer_tokens(layer)
-        weights = self.logits(f, tokens).softmax(dim=-1)  # S = softmax over the M tokens
-        return self.scale * self.delta(f, weights, tokens)
+        return self.scale * self.delta(f, self.attention(f, layer), self.layer_tokens(layer))
 
     def forward(self, tokens: Tensor, layer: int, depth: Tensor | None = None) -> Tensor:
         return tokens + self.refinement(tokens, layer)  # outer residual f' = f + s·Δ
