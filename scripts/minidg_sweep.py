@@ -32,15 +32,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import hydra  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import src.train  # noqa: E402,F401  (the whole training stack, imported once and inherited by the forked runs)
 from src.minidg.analysis import format_attention_table, token_attention  # noqa: E402
-from src.minidg.dataset import write_minidg  # noqa: E402
 from src.utils.instantiate import build_module  # noqa: E402
 
 DOMAINS = ("day", "night", "fog", "snow")
@@ -78,12 +79,27 @@ def run_argv(method: str, seed: int, args: argparse.Namespace) -> list[str]:
     ]
 
 
+def compose_run(method: str, seed: int, args: argparse.Namespace) -> DictConfig:
+    """The composed config of one run (what `python -m src.train` would run)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=[*run_overrides(method, seed, args), f"paths.output_dir={args.out}"])
+
+
+def prepare_data(args: argparse.Namespace) -> None:
+    """Write the MiniDG tree the runs ask for (`data.prepare`, overrides included) unless it is up to date."""
+    prepare = compose_run(args.methods[0], args.seeds[0], args).data.get("prepare")
+    if prepare is not None:
+        hydra.utils.instantiate(prepare)()
+
+
 def run_one(method: str, seed: int, args: argparse.Namespace) -> None:
     """The body of a run's process (forked for it alone): train, with all output in <run dir>/output.log."""
     run_dir = args.out / f"{method}_seed{seed}"
     with open(run_dir / "output.log", "w") as log:  # the process exists for this run only, so redirect for good
         sys.stdout.flush(), sys.stderr.flush()
         os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # Python-level writes too, whatever sys.stdout was
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
     torch.set_num_threads(1)
     sys.argv = ["src.train", *run_argv(method, seed, args)]
     # exactly `python -m src.train ...`: the module's code runs as __main__ (its imports are already loaded), so
@@ -124,9 +140,7 @@ def final_metrics(run_dir: Path) -> dict[str, float]:
 
 def attention_report(method: str, seed: int, args: argparse.Namespace) -> dict[str, list[float]] | None:
     """Token-attention statistics of a finished run (src.minidg.analysis.token_attention); None without tokens."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[*run_overrides(method, seed, args), f"paths.output_dir={args.out}"])
-    segmenter = build_module(cfg).segmenter
+    segmenter = build_module(compose_run(method, seed, args)).segmenter
     if not hasattr(segmenter.token_adapter, "attention"):
         return None
     checkpoint = torch.load(
@@ -167,7 +181,7 @@ def table(results: list[tuple[str, int, dict[str, float], float]], methods: list
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_minidg(args.data_dir / "minidg")  # once, before the parallel runs (the runs find it up to date)
+    prepare_data(args)  # once, before the parallel runs (which then find it up to date)
     jobs = [(m, s) for s in args.seeds for m in args.methods]
     results = run_all(jobs, args)
     wall = time.time() - STARTED

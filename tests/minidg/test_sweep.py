@@ -1,0 +1,66 @@
+"""scripts/minidg_sweep.py: each run is a fork that trains through `python -m src.train`; a failed run is reported."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "minidg_sweep.py"
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    environ = dict(os.environ)  # the script sets one-thread defaults for its runs; keep them out of other tests
+    spec = importlib.util.spec_from_file_location("minidg_sweep", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    os.environ.clear()
+    os.environ.update(environ)
+    return module
+
+
+def tiny_args(sweep, tmp_path: Path, *extra: str):
+    overrides = "data.prepare.num_train=8 data.prepare.num_test=2 +data.prepare.workers=1 data.batch_size=2"
+    overrides += " callbacks.model_checkpoint.every_n_train_steps=2"
+    return sweep.parse_args(
+        ["--seeds", "0", "--methods", "frozen", "rein", "--steps", "2"]
+        + ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"), *overrides.split(), *extra]
+    )
+
+
+def test_forked_runs_train_and_report_every_domain(sweep, tmp_path: Path) -> None:
+    args = tiny_args(sweep, tmp_path)
+    sweep.prepare_data(args)  # the tree the runs ask for, written once before they start in parallel
+    meta = (tmp_path / "data" / "minidg" / "minidg.json").read_text()
+    assert '"num_train": 8' in meta and '"num_test": 2' in meta
+    results = sweep.run_all([("frozen", 0), ("rein", 0)], args)
+    assert sorted((method, seed) for method, seed, *_ in results) == [("frozen", 0), ("rein", 0)]
+    for method, seed, metrics, wall in results:
+        run_dir = tmp_path / "out" / f"{method}_seed{seed}"
+        assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+        assert (run_dir / "output.log").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
+        assert set(metrics) == set(sweep.DOMAINS) and all(0.0 <= v <= 100.0 for v in metrics.values())
+        assert wall > 0
+    # each run got its own method: REIN's checkpoint holds its tokens, the frozen baseline's does not
+    keys = {
+        method: torch.load(tmp_path / "out" / f"{method}_seed0" / "checkpoints" / "last.ckpt", weights_only=True)[
+            "state_dict"
+        ].keys()
+        for method in ("frozen", "rein")
+    }
+    assert any("learnable_tokens" in k for k in keys["rein"])
+    assert not any("learnable_tokens" in k for k in keys["frozen"])
+    table = sweep.table(results, args.methods)
+    assert "| frozen | 1 |" in table and "| rein | 1 |" in table
+
+
+def test_a_failed_run_names_its_command_and_log(sweep, tmp_path: Path) -> None:
+    args = tiny_args(sweep, tmp_path, "model.no_such_key=1")
+    with pytest.raises(RuntimeError, match=r"ablation=frozen seed=0 .* failed \(exit 1\); see .*output\.log") as info:
+        sweep.run_all([("frozen", 0)], args)
+    log = Path(str(info.value).rsplit("see ", 1)[1])
+    assert "no_such_key" in log.read_text()
