@@ -4,8 +4,9 @@
     python scripts/minidg_sweep.py --seeds 0 --methods depthforge rein --steps 300
 
 Each run is `python -m src.train experiment=minidg ablation=<method> seed=<seed>` with one thread, in its own
-process; `--jobs` runs go in parallel. The processes are forked from this one after it has imported the training
-stack once, so the runs do not each pay the ~15 s of imports. The data is written once first. The table (mean ±
+process; `--jobs` runs go in parallel. On Linux the processes are forks of this one, made after it has imported the
+training stack once, so the runs do not each pay the ~15 s of imports (`--no-fork` starts fresh interpreters, the
+default elsewhere). The data is written once first. The table (mean ±
 std over seeds of the final validation mIoU per domain, and the mean over the shifted domains) is printed and
 written to <out>/results.md with the command, the wall time and the CPU time of all processes.
 """
@@ -15,12 +16,13 @@ from __future__ import annotations
 import argparse
 import csv
 import multiprocessing
-import multiprocessing.connection
+import multiprocessing.process
 import os
 import resource
 import runpy
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,6 +58,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each")
     p.add_argument("--data-dir", type=Path, default=ROOT / "data")
     p.add_argument("--out", type=Path, default=ROOT / "logs" / "minidg_sweep")
+    p.add_argument(
+        "--no-fork",
+        dest="fork",
+        action="store_false",
+        default=sys.platform.startswith("linux"),
+        help="start each run as `python -m src.train` instead of forking this process (the default off Linux)",
+    )
     p.add_argument("--no-attention", dest="attention", action="store_false", help="skip the token-attention table")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     return p.parse_args(argv)
@@ -107,27 +116,51 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> None:
     runpy.run_module("src.train", run_name="__main__", alter_sys=True)
 
 
+Process = multiprocessing.process.BaseProcess | subprocess.Popen
+
+
+def start_run(method: str, seed: int, args: argparse.Namespace) -> Process:
+    """Start one run in its own process.
+
+    With ``args.fork`` (the default on Linux) the process is a fork of this one and shares its imports; otherwise
+    it is a fresh `python -m src.train` (macOS and Windows, where forking a process that loaded torch is unsafe).
+    """
+    run_dir = args.out / f"{method}_seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if args.fork:
+        proc = multiprocessing.get_context("fork").Process(target=run_one, args=(method, seed, args))
+        proc.start()
+        return proc
+    cmd = [sys.executable, "-m", "src.train", *run_argv(method, seed, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(run_dir / "output.log", "w") as log:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def exit_code(proc: Process) -> int | None:
+    """The run's exit code, None while it runs."""
+    return proc.poll() if isinstance(proc, subprocess.Popen) else proc.exitcode
+
+
 def run_all(jobs: list[tuple[str, int]], args: argparse.Namespace) -> list[tuple[str, int, dict[str, float], float]]:
-    """Run the jobs, ``args.jobs`` at a time, each in a fresh fork of this process: the runs are isolated from each
-    other but share the imports made above. Returns (method, seed, final metrics, wall seconds) per job."""
-    fork = multiprocessing.get_context("fork")
-    pending, running, results = list(jobs), {}, []
+    """Run the jobs, ``args.jobs`` at a time, each in its own process (`start_run`), so that the runs are isolated
+    from each other. Returns (method, seed, final metrics, wall seconds) per job, in the order they finish. A failed
+    run stops the others and raises with its command and log."""
+    pending, running, results = list(jobs), [], []
     while pending or running:
         while pending and len(running) < args.jobs:
             method, seed = pending.pop(0)
-            (args.out / f"{method}_seed{seed}").mkdir(parents=True, exist_ok=True)
-            proc = fork.Process(target=run_one, args=(method, seed, args), name=f"{method}_seed{seed}")
-            proc.start()
-            running[proc.sentinel] = (proc, method, seed, time.time())
-        for sentinel in multiprocessing.connection.wait(list(running)):
-            proc, method, seed, started = running.pop(sentinel)
-            proc.join()
-            if proc.exitcode != 0:
-                for other, *_ in running.values():
+            running.append((start_run(method, seed, args), method, seed, time.time()))
+        time.sleep(0.2)
+        for job in [job for job in running if exit_code(job[0]) is not None]:
+            running.remove(job)
+            proc, method, seed, started = job
+            if exit_code(proc) != 0:
+                for other, *_ in running:
                     other.terminate()
                 argv = shlex.join(run_argv(method, seed, args))
                 log = args.out / f"{method}_seed{seed}" / "output.log"
-                raise RuntimeError(f"python -m src.train {argv} failed (exit {proc.exitcode}); see {log}")
+                raise RuntimeError(f"python -m src.train {argv} failed (exit {exit_code(proc)}); see {log}")
             results.append((method, seed, final_metrics(args.out / f"{method}_seed{seed}"), time.time() - started))
     return results
 

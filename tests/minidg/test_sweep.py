@@ -23,17 +23,18 @@ def sweep():
     return module
 
 
-def tiny_args(sweep, tmp_path: Path, *extra: str):
+def tiny_args(sweep, tmp_path: Path, *extra: str, flags: tuple[str, ...] = ()):
     overrides = "data.prepare.num_train=8 data.prepare.num_test=2 +data.prepare.workers=1 data.batch_size=2"
     overrides += " callbacks.model_checkpoint.every_n_train_steps=2"
     return sweep.parse_args(
-        ["--seeds", "0", "--methods", "frozen", "rein", "--steps", "2"]
+        ["--seeds", "0", "--methods", "frozen", "rein", "--steps", "2", *flags]
         + ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"), *overrides.split(), *extra]
     )
 
 
 def test_forked_runs_train_and_report_every_domain(sweep, tmp_path: Path) -> None:
     args = tiny_args(sweep, tmp_path)
+    assert args.fork  # the default on Linux
     sweep.prepare_data(args)  # the tree the runs ask for, written once before they start in parallel
     meta = (tmp_path / "data" / "minidg" / "minidg.json").read_text()
     assert '"num_train": 8' in meta and '"num_test": 2' in meta
@@ -59,7 +60,9 @@ def test_forked_runs_train_and_report_every_domain(sweep, tmp_path: Path) -> Non
 
 
 def test_a_failed_run_names_its_command_and_log(sweep, tmp_path: Path) -> None:
-    args = tiny_args(sweep, tmp_path, "model.no_such_key=1")
+    """Through the fresh-interpreter path (`--no-fork`, the default off Linux) this time."""
+    args = tiny_args(sweep, tmp_path, "model.no_such_key=1", flags=("--no-fork",))
+    assert not args.fork
     with pytest.raises(RuntimeError, match=r"ablation=frozen seed=0 .* failed \(exit 1\); see .*output\.log") as info:
         sweep.run_all([("frozen", 0)], args)
     log = Path(str(info.value).rsplit("see ", 1)[1])
