@@ -6,9 +6,9 @@
 Each run is `python -m src.train experiment=minidg ablation=<method> seed=<seed>` with one thread, in its own
 process; `--jobs` runs go in parallel. On Linux the processes are forks of this one, made after it has imported the
 training stack once, so the runs do not each pay the ~15 s of imports (`--no-fork` starts fresh interpreters, the
-default elsewhere). The data is written once first. The table (mean ±
-std over seeds of the final validation mIoU per domain, and the mean over the shifted domains) is printed and
-written to <out>/results.md with the command, the wall time and the CPU time of all processes.
+default elsewhere). The data is written once first. The table (mean ± std over seeds of the final validation mIoU
+per domain, and the mean over the shifted domains) is printed and written to <out>/results.md with the command,
+the wall time and the CPU time of all processes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import csv
 import multiprocessing
 import multiprocessing.process
 import os
-import resource
 import runpy
 import shlex
 import statistics
@@ -26,6 +25,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+try:
+    import resource  # CPU time of the runs; not on Windows
+except ImportError:  # pragma: no cover
+    resource = None
 
 STARTED = time.time()  # the sweep's wall time counts its own imports
 
@@ -218,14 +222,16 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [(m, s) for s in args.seeds for m in args.methods]
     results = run_all(jobs, args)
     wall = time.time() - STARTED
-    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    cpu_min = sum(u.ru_utime + u.ru_stime for u in usage) / 60  # this process (imports, data check) and every run
+    cpu = "CPU time not measured (no `resource` module)"
+    if resource is not None:  # this process (imports, data check) and every run, waited for above
+        usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        cpu = f"{sum(u.ru_utime + u.ru_stime for u in usage) / 60:.1f} CPU-min"
     command = shlex.join(
         [Path(sys.executable).name, "scripts/minidg_sweep.py", *(argv if argv is not None else sys.argv[1:])]
     )
     report = (
         f"{table(results, args.methods)}\n\nCommand: `{command}` — {len(jobs)} runs, {args.jobs} in parallel "
-        f"(one thread each): {wall / 60:.1f} min wall and {cpu_min:.1f} CPU-min (user + system time of the sweep "
+        f"(one thread each): {wall / 60:.1f} min wall and {cpu} (user + system time of the sweep "
         "process and all its runs, imports and the data check included; the analysis below is not).\n"
     )
     if args.attention:
