@@ -99,10 +99,9 @@ def compose_run(method: str, seed: int, args: argparse.Namespace) -> DictConfig:
 
 
 def prepare_data(args: argparse.Namespace) -> None:
-    """Write the MiniDG tree the runs ask for (`data.prepare`, overrides included) unless it is up to date."""
-    prepare = compose_run(args.methods[0], args.seeds[0], args).data.get("prepare")
-    if prepare is not None:
-        hydra.utils.instantiate(prepare)()
+    """Write the MiniDG tree the runs ask for (`data.prepare`, overrides included) unless it is up to date: the
+    runs' own `DGDataModule.prepare_data`, called once here so that the parallel runs do not race to write it."""
+    hydra.utils.instantiate(compose_run(args.methods[0], args.seeds[0], args).data).prepare_data()
 
 
 def run_one(method: str, seed: int, args: argparse.Namespace) -> None:
