@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from src.data.labels import CLASS_NAMES
+from src.metrics import mean_miou
 from src.utils.instantiate import build_module, build_trainer
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ def results_table(results: dict[str, dict[str, torch.Tensor]], mean_domains: lis
         row = {"domain": domain, "mIoU": f"{float(r['mIoU']):.2f}", "aAcc": f"{float(r['aAcc']):.2f}"}
         row.update({c: ("nan" if torch.isnan(v) else f"{float(v):.2f}") for c, v in zip(CLASS_NAMES, r["IoU"])})
         rows.append(row)
-    mean = torch.stack([results[d]["mIoU"] for d in mean_domains]).nanmean()
+    mean = mean_miou(results, mean_domains)
     rows.append({"domain": f"mean({','.join(mean_domains)})", "mIoU": f"{float(mean):.2f}"})
     return rows
 

@@ -1,9 +1,11 @@
-"""Dataset-level segmentation IoU (SPEC §8.1), accumulated per domain and synchronised across DDP ranks."""
+"""Dataset-level segmentation IoU (docs/method.md §8.1), accumulated per domain and synchronised across DDP ranks."""
 
 from __future__ import annotations
 
 import torch
 from torchmetrics import Metric
+
+from src.data.labels import IGNORE_INDEX
 
 
 class SegmentationIoU(Metric):
@@ -16,7 +18,7 @@ class SegmentationIoU(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, num_classes: int = 19, ignore_index: int = 255, **kwargs) -> None:
+    def __init__(self, num_classes: int = 19, ignore_index: int = IGNORE_INDEX, **kwargs) -> None:
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
@@ -41,3 +43,11 @@ class SegmentationIoU(Metric):
         miou = torch.round(torch.nanmean(iou) * 100 * 100) / 100
         acc = intersection.sum() / cm.sum().clamp(min=1) * 100
         return {"mIoU": miou, "IoU": iou * 100, "aAcc": acc}
+
+
+def mean_miou(results: dict[str, dict[str, torch.Tensor]], domains: list[str]) -> torch.Tensor:
+    """The mean of the per-domain mIoU over ``domains`` (method §8.2), skipping a domain whose mIoU is NaN."""
+    missing = [d for d in domains if d not in results]
+    if missing:
+        raise KeyError(f"no results for the domains {missing}; have {sorted(results)}")
+    return torch.stack([torch.as_tensor(results[d]["mIoU"]) for d in domains]).nanmean()

@@ -1,8 +1,8 @@
-"""SegmentationModule: the training recipe (SPEC §7), per-domain evaluation (§8) and trainable-only checkpoints."""
+"""SegmentationModule: the training recipe (docs/method.md §7), per-domain evaluation (§8) and trainable-only
+checkpoints. The model itself — its forward, loss and parameter groups — is the :class:`Segmenter`'s."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -12,9 +12,9 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 
 from src.data.labels import CLASS_NAMES
-from src.metrics import SegmentationIoU
+from src.metrics import SegmentationIoU, mean_miou
 from src.models.inference import slide_inference
-from src.models.segmenter import Segmenter
+from src.models.segmenter import Segmenter, apply_multipliers
 from src.utils.checkpoint import CheckpointError, config_differences
 from src.utils.visualize import colorize, denormalize
 
@@ -22,10 +22,11 @@ from src.utils.visualize import colorize, denormalize
 class SegmentationModule(L.LightningModule):
     """Owns a :class:`Segmenter`, its optimiser/scheduler, per-domain metrics and the checkpoint contents.
 
-    ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_: true``): the optimiser receives the §7.1
-    parameter groups, the scheduler ``max_lr`` (one per group) and ``total_steps`` from the trainer, and is
-    stepped every iteration (D5). Validation and test run :func:`slide_inference` with ``slide`` =
-    ``{crop, stride, max_batch}``. ``model_config`` (the resolved model config) is stored in every checkpoint and
+    ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_: true``): the optimiser receives the segmenter's
+    parameter groups (method §7.1) and scales its own ``lr``/``weight_decay`` by each group's multipliers; the
+    scheduler receives ``max_lr`` (one per group) and ``total_steps`` from the trainer, and is stepped every
+    iteration (method D5). Validation and test run :func:`slide_inference` with ``slide`` =
+    ``{crop, stride, max_batch}`` (the model config is its one home). ``model_config`` (the resolved model config) is stored in every checkpoint and
     compared on load, so a checkpoint made for another configuration is refused with the differences named.
     """
 
@@ -33,9 +34,8 @@ class SegmentationModule(L.LightningModule):
         self,
         segmenter: Segmenter,
         optimizer: Callable[..., torch.optim.Optimizer],
+        slide: dict[str, int | None],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        slide: dict[str, int] | None = None,
-        ignore_index: int = 255,
         model_config: dict[str, Any] | None = None,
         log_images: int = 4,
     ) -> None:
@@ -43,8 +43,7 @@ class SegmentationModule(L.LightningModule):
         self.segmenter = segmenter
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.slide = {"crop": 512, "stride": 341, "max_batch": None, **(slide or {})}
-        self.ignore_index = ignore_index
+        self.slide = dict(slide)
         self.model_config = model_config or {}
         self.log_images = log_images
         self.num_classes = segmenter.num_classes
@@ -61,42 +60,39 @@ class SegmentationModule(L.LightningModule):
         self.mean_domains = list(getattr(dm, "mean_domains", self.domains))
         for name in self.domains:
             if name not in self.metrics:
-                self.metrics[name] = SegmentationIoU(self.num_classes, self.ignore_index)
+                self.metrics[name] = SegmentationIoU(self.num_classes, self.segmenter.ignore_index)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Per-class probabilities (B, K, H, W) by sliding-window inference."""
         return slide_inference(self.segmenter.predict, images, self.num_classes, **self.slide)
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        output = self.segmenter(batch["image"])
-        losses = self.segmenter.mask_head.loss(output, batch["label"])
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        losses = self.segmenter.loss(batch["image"], batch["label"])
         bs = batch["image"].shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
-        for key in ("loss_cross_entropy", "loss_mask", "loss_dice"):
+        for key in ("loss_cross_entropy", "loss_mask", "loss_dice"):  # the final stage's terms
             if key in losses:
                 self.log(f"train/{key}", losses[key], batch_size=bs)
-        scale = getattr(self.segmenter.token_adapter, "scale", None)
-        if isinstance(scale, torch.Tensor):
-            self.log("train/token_scale", scale.detach().float(), batch_size=bs)
-        return losses["loss"]
+        for name, value in self.segmenter.token_adapter.log_scalars().items():
+            self.log(f"train/{name}", value.detach().float(), batch_size=bs)
+        return losses
 
     def configure_optimizers(self) -> dict[str, Any]:
-        defaults = self.optimizer_factory.keywords if isinstance(self.optimizer_factory, functools.partial) else {}
-        groups = self.segmenter.param_groups(
-            lr=defaults.get("lr", 1e-4), weight_decay=defaults.get("weight_decay", 0.0)
-        )
-        optimizer = self.optimizer_factory(groups)
+        optimizer = self.optimizer_factory(self.segmenter.param_groups())
+        apply_multipliers(optimizer)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        total = self.trainer.estimated_stepping_batches
-        pct_start = getattr(self.scheduler_factory, "keywords", {}).get("pct_start")
-        if pct_start is not None and float(pct_start) * total == 1:  # torch's OneCycleLR divides by zero then
-            raise ValueError(
-                f"a OneCycle warm-up of pct_start·total_steps = {pct_start}·{total} = 1 step is degenerate; "
-                "change trainer.max_steps or model.scheduler.pct_start"
+        total = int(self.trainer.estimated_stepping_batches)
+        try:
+            scheduler = self.scheduler_factory(
+                optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total
             )
-        scheduler = self.scheduler_factory(optimizer, max_lr=[g["lr"] for g in groups], total_steps=int(total))
+        except ZeroDivisionError as err:  # torch's OneCycleLR with a one-step warm-up phase
+            raise ValueError(
+                f"the learning-rate schedule cannot be built for total_steps={total}: a schedule phase is a single "
+                "step (OneCycle: pct_start·total_steps = 1); change trainer.max_steps or model.scheduler.pct_start"
+            ) from err
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ evaluation
@@ -130,8 +126,7 @@ class SegmentationModule(L.LightningModule):
                 if not torch.isnan(iou):
                     self.log(f"{stage}/{name}/IoU/{cls_name}", iou, add_dataloader_idx=False)
         if self.mean_domains:
-            mean = torch.stack([results[n]["mIoU"] for n in self.mean_domains]).nanmean()
-            self.log(f"{stage}/mean_mIoU", mean, prog_bar=True, add_dataloader_idx=False)
+            self.log(f"{stage}/mean_mIoU", mean_miou(results, self.mean_domains), prog_bar=True, add_dataloader_idx=False)
         return results
 
     def on_validation_epoch_end(self) -> None:
@@ -156,7 +151,7 @@ class SegmentationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable tensors (SPEC D10); record the model config and the RNG state for exact resume."""
+        """Keep only trainable tensors (method D10); record the model config and the RNG state for exact resume."""
         checkpoint["state_dict"] = {f"segmenter.{k}": v for k, v in self.segmenter.trainable_state_dict().items()}
         checkpoint["model_config"] = self.model_config
         checkpoint["rng"] = {"torch": torch.get_rng_state()}

@@ -1,4 +1,10 @@
-"""Segmenter: the frozen VFMs, the token adapter, the refinement decoder and the mask head, in plain PyTorch."""
+"""Segmenter: the frozen VFMs, the token adapter, the refinement decoder and the mask head, in plain PyTorch.
+
+The parts describe themselves and the segmenter only composes them: the visual backbone states its maps
+(``output_shape()``), from which the refinement decoder and the head are built; the adapter states whether it reads
+depth (``uses_depth``) and provides the head's queries (``provides_queries``); every trainable part names its
+parameters without weight decay (``no_weight_decay()``).
+"""
 
 from __future__ import annotations
 
@@ -10,30 +16,25 @@ from torch import nn
 from src.models.adapters.base import Adapter, IdentityAdapter
 from src.models.backbones.depth import DepthBackbone, pair_depth_tokens
 from src.models.backbones.visual import VisualBackbone
-from src.models.heads.mask2former import HeadOutput
-
-#: substrings of parameter names that never get weight decay (SPEC §7.1 custom keys; VPT prompts are tokens too).
-NO_DECAY_KEYS = ("norm", "query_embed", "level_embed", "learnable_tokens", "prompts")
-#: HF's name for mmdet's pixel-decoder ``level_encoding``, which does get weight decay (SPEC §7.1 table).
-DECAY_KEYS = ("pixel_decoder.level_embed",)
-_NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
-
+from src.models.heads.mask2former import HeadOutput, Mask2FormerHead
 
 class Segmenter(nn.Module):
-    """DepthForge-style segmenter (DESIGN.md data flow), usable without Lightning for inference and export.
+    """The DepthForge-style segmenter (docs/architecture.md), usable without Lightning for inference and export.
 
-    Parts whose sizes follow the visual VFM are given as factories (Hydra ``_partial_: true``) and completed
-    here: ``token_adapter(num_layers, embed_dim)``, ``refinement_decoder(channels)``, ``mask_head(in_channels)``.
-    ``depth_backbone`` is a factory too, so the depth VFM is only built when the adapter reads depth.
-    ``train_backbone=True`` is the "full" fine-tuning baseline (the visual VFM trains at ``backbone_lr_mult``).
-    ``lr_mult`` maps name substrings to learning-rate multipliers, as mmseg's ``custom_keys`` ``lr_mult`` (the
-    longest matching key wins); the paper's configs use none. A key that matches no trainable parameter is an error.
+    Parts built from the other parts are given as factories (Hydra ``_partial_: true``) and completed here:
+    ``token_adapter(num_layers, embed_dim)``, ``refinement_decoder(input_shape)`` and
+    ``mask_head(input_shape, replace_query_feat)``, where ``input_shape`` is the previous part's
+    ``output_shape()`` and ``replace_query_feat`` the adapter's ``provides_queries``. ``depth_backbone`` is a
+    factory too, so the depth VFM is only built when the adapter reads depth. ``train_backbone=True`` is the
+    "full" fine-tuning baseline (the visual VFM trains at ``backbone_lr_mult``). ``lr_mult`` maps name substrings
+    to learning-rate multipliers, as mmseg's ``custom_keys`` ``lr_mult`` (the longest matching key wins); the
+    paper's configs use none. A key that matches no trainable parameter is an error.
     """
 
     def __init__(
         self,
         visual_backbone: VisualBackbone,
-        mask_head: Callable[..., nn.Module],
+        mask_head: Callable[..., Mask2FormerHead],
         token_adapter: Callable[..., Adapter] | None = None,
         depth_backbone: Callable[[], DepthBackbone] | None = None,
         refinement_decoder: Callable[..., nn.Module] | None = None,
@@ -47,28 +48,37 @@ class Segmenter(nn.Module):
         self.backbone_lr_mult = backbone_lr_mult
         self.lr_mult = dict(lr_mult or {})
         self.visual_backbone = visual_backbone
-        # the VFM's own weights, told apart from adapter weights that attach() may add inside its blocks
-        self._vfm_param_names = {f"visual_backbone.{n}" for n, _ in visual_backbone.named_parameters()}
         dim, layers = visual_backbone.embed_dim, visual_backbone.num_layers
         self.token_adapter = token_adapter(num_layers=layers, embed_dim=dim) if token_adapter else IdentityAdapter()
+        # the VFM's own weights, told apart from adapter weights that attach() may add inside its blocks
+        self._vfm_param_names = {f"visual_backbone.{n}" for n, _ in visual_backbone.named_parameters()}
         self.token_adapter.attach(visual_backbone)
         self.depth_backbone = depth_backbone() if (self.token_adapter.uses_depth and depth_backbone) else None
         if self.token_adapter.uses_depth and self.depth_backbone is None:
             raise ValueError(f"{type(self.token_adapter).__name__} reads depth tokens but no depth_backbone is set")
-        self.refinement_decoder = refinement_decoder(channels=dim) if refinement_decoder else None
-        self.mask_head = mask_head(in_channels=dim)
+        shape = visual_backbone.output_shape()
+        self.refinement_decoder = refinement_decoder(input_shape=shape) if refinement_decoder else None
+        if self.refinement_decoder is not None:
+            shape = self.refinement_decoder.output_shape()
+        self.mask_head = mask_head(input_shape=shape, replace_query_feat=self.token_adapter.provides_queries)
+        if self.mask_head.config.num_labels != num_classes:
+            raise ValueError(f"the head predicts {self.mask_head.config.num_labels} classes, the segmenter {num_classes}")
         self.train_backbone = train_backbone
         if train_backbone:
             for p in self.visual_backbone.model.parameters():
                 p.requires_grad_(True)
 
+    @property
+    def ignore_index(self) -> int:
+        """The label value without a class, as the head's loss reads it; the metrics use the same."""
+        return self.mask_head.ignore_index
+
     # ------------------------------------------------------------------ forward
     def depth_tokens(self, images: torch.Tensor) -> list[torch.Tensor] | None:
-        """The depth VFM's per-layer tokens paired with the visual layers (SPEC D1), or None without depth."""
+        """The depth VFM's per-layer tokens paired with the visual layers (method D1), or None without depth."""
         if self.depth_backbone is None:
             return None
-        grid = self.visual_backbone.grid_size(*images.shape[-2:])
-        tokens = self.depth_backbone(images, grid)
+        tokens = self.depth_backbone(images, self.visual_backbone.grid_size(*images.shape[-2:]))
         return pair_depth_tokens(tokens, self.visual_backbone.num_layers, self.visual_backbone.embed_dim)
 
     def forward(self, images: torch.Tensor) -> HeadOutput:
@@ -77,9 +87,13 @@ class Segmenter(nn.Module):
             maps = self.refinement_decoder(maps)
         return self.mask_head(maps, self.token_adapter.queries())
 
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The training loss of a batch: the head's weighted terms and their sum under ``"loss"`` (method §5.3)."""
+        return self.mask_head.loss(self(images), labels)
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-class probabilities (B, K, H, W) at the input size (SPEC §5.4)."""
+        """Per-class probabilities (B, K, H, W) at the input size (method §5.4)."""
         return self.mask_head.semantic_map(self(images), images.shape[-2:])
 
     # ------------------------------------------------------------------ trainable state
@@ -109,18 +123,25 @@ class Segmenter(nn.Module):
             )
         self.load_state_dict(state_dict, strict=False)
 
-    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """AdamW groups of SPEC §7.1: no decay for norms, tokens, scale and level/query embeddings.
-
-        Frozen parameters are left out entirely; the visual VFM (``full`` baseline only) gets ``backbone_lr_mult``;
-        a parameter whose name contains a key of ``lr_mult`` gets that multiplier (the longest key wins).
-        """
-        no_decay_modules = {
-            f"{m_name}.{p_name}" if m_name else p_name
-            for m_name, m in self.named_modules()
-            if isinstance(m, _NORM_MODULES)
-            for p_name, _ in m.named_parameters(recurse=False)
+    def no_weight_decay(self) -> set[str]:
+        """Names of the trainable parameters without weight decay, as each part declares them (method §7.1)."""
+        parts = {
+            "visual_backbone": self.visual_backbone,
+            "token_adapter": self.token_adapter,
+            "refinement_decoder": self.refinement_decoder,
+            "mask_head": self.mask_head,
         }
+        return {f"{prefix}.{name}" for prefix, part in parts.items() if part is not None for name in part.no_weight_decay()}
+
+    def param_groups(self) -> list[dict]:
+        """Optimiser parameter groups with mmengine's multipliers ``lr_mult`` and ``decay_mult`` (method §7.1).
+
+        The optimiser's own ``lr`` and ``weight_decay`` stay the one home of those values: the caller scales each
+        group by its multipliers once the optimiser is built (:func:`apply_multipliers`). Frozen parameters are
+        left out entirely; the visual VFM (``full`` baseline only) gets ``backbone_lr_mult``; a parameter whose
+        name contains a key of ``lr_mult`` gets that multiplier (the longest key wins).
+        """
+        no_decay = self.no_weight_decay()
         keys = sorted(self.lr_mult, key=lambda k: (-len(k), k))
         groups: dict[tuple[bool, bool, float], list[tuple[str, nn.Parameter]]] = {}
         trainable = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
@@ -129,28 +150,30 @@ class Segmenter(nn.Module):
             examples = [name for name, _ in trainable[:3]]
             raise ValueError(f"lr_mult keys {unmatched} match no trainable parameter name (e.g. {examples})")
         for name, p in trainable:
-            decay = not (
-                name in no_decay_modules
-                or any(k in name for k in NO_DECAY_KEYS)
-                or (name.startswith("token_adapter.") and name.endswith("scale"))  # s of REIN/DepthForge/FADA
-            ) or any(k in name for k in DECAY_KEYS)
             in_backbone = name in self._vfm_param_names
             mult = next((float(self.lr_mult[k]) for k in keys if k in name), 1.0)
             if in_backbone:
                 mult *= self.backbone_lr_mult
-            groups.setdefault((in_backbone, decay, mult), []).append((name, p))
+            groups.setdefault((in_backbone, name not in no_decay, mult), []).append((name, p))
         out = []
         for (in_backbone, decay, mult), named in sorted(groups.items()):
             group_name = f"{'backbone_' if in_backbone else ''}{'decay' if decay else 'no_decay'}"
+            if mult != (self.backbone_lr_mult if in_backbone else 1.0):
+                group_name = f"{group_name}_lr_x{mult:g}"
             out.append(
                 {
-                    "name": group_name
-                    if mult == (self.backbone_lr_mult if in_backbone else 1.0)
-                    else f"{group_name}_lr_x{mult:g}",
+                    "name": group_name,
                     "params": [p for _, p in named],
                     "param_names": [n for n, _ in named],
-                    "lr": lr * mult,
-                    "weight_decay": weight_decay if decay else 0.0,
+                    "lr_mult": mult,
+                    "decay_mult": 1.0 if decay else 0.0,
                 }
             )
         return out
+
+
+def apply_multipliers(optimizer: torch.optim.Optimizer) -> None:
+    """Scale each group's ``lr`` and ``weight_decay`` (the optimiser's defaults) by its ``lr_mult``/``decay_mult``."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * group.get("lr_mult", 1.0)
+        group["weight_decay"] = group["weight_decay"] * group.get("decay_mult", 1.0)

@@ -1,15 +1,14 @@
-"""FADA baseline (Bi et al., NeurIPS 2024; SPEC §9) — a RECONSTRUCTION: the FADA repository holds no code.
+"""FADA baseline (Bi et al., NeurIPS 2024; docs/method.md §9) — a RECONSTRUCTION: the FADA repository holds no code.
 
 What the paper states: a Haar wavelet transform splits the frozen VFM's features into a low-frequency part
 (content, kept stable) and high-frequency parts (style, suppressed with instance normalisation), each adapted by
 its own set of frequency tokens, REIN-style, after every layer, with the same Mask2Former head. Everything else
-below is our reading (SPEC §9 [I]); its parameter count (5,520,898 on ViT-L) is not the reported 11.65 M.
+below is our reading (method §9); its parameter count (5,520,898 on ViT-L) is not the reported 11.65 M.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,45 +55,40 @@ class FADAAdapter(Adapter):
       tokens see the bands without their style statistics;
     - f' = IDWT(LL', LH', HL', HH') = f + IDWT(s_L·Δ_L, s_H·Δ_H) (the transform is linear and exact).
 
-    Queries come from the low-frequency tokens (§2.4). A grid with an odd side is padded by replication to even
-    and cropped back. :meth:`attach` records the token grid of each input; unattached, the grid must be square.
+    Queries come from the low-frequency tokens (method §2.4). A grid with an odd side is padded by replication to
+    even and cropped back. The token grid comes with each call; without one the grid must be square.
+    ``token_kwargs`` are REIN's (:class:`ReinAdapter`) for both branches; the high branch has no query link.
     """
 
-    def __init__(
-        self,
-        num_layers: int,
-        embed_dim: int,
-        num_tokens: int = 100,
-        rank: int | None = 16,
-        query_dim: int = 256,
-        link_token_to_query: bool = True,
-        scale_init: float = 1e-3,
-    ) -> None:
+    def __init__(self, num_layers: int, embed_dim: int, **token_kwargs) -> None:
         super().__init__()
-        self.low_frequency = ReinAdapter(
-            num_layers, embed_dim, num_tokens, rank, query_dim, link_token_to_query, scale_init
-        )
-        self.high_frequency = ReinAdapter(
-            num_layers, embed_dim, num_tokens, rank, query_dim, link_token_to_query=False, scale_init=scale_init
-        )
-        self.grid: tuple[int, int] | None = None
+        if "zero_mlp_delta_f" in token_kwargs:
+            raise ValueError("FADA's branches keep REIN's learnable scale; zero_mlp_delta_f is not an option")
+        self.low_frequency = ReinAdapter(num_layers, embed_dim, **token_kwargs)
+        self.high_frequency = ReinAdapter(num_layers, embed_dim, **{**token_kwargs, "link_token_to_query": False})
 
-    def attach(self, visual_backbone: nn.Module) -> None:
-        """Record the token grid of every image batch the backbone sees: the adapter only gets (B, N, C)."""
-        visual_backbone.register_forward_pre_hook(self._record_grid, with_kwargs=True)
+    @property
+    def provides_queries(self) -> bool:
+        return self.low_frequency.provides_queries
 
-    def _record_grid(self, backbone: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        images = args[0] if args else kwargs["images"]
-        self.grid = backbone.grid_size(*images.shape[-2:])
+    def no_weight_decay(self) -> set[str]:
+        return {
+            f"{name}.{p}"
+            for name, branch in (("low_frequency", self.low_frequency), ("high_frequency", self.high_frequency))
+            for p in branch.no_weight_decay()
+        }
 
-    def forward(self, tokens: Tensor, layer: int, depth: Tensor | None = None) -> Tensor:
+    def log_scalars(self) -> dict[str, Tensor]:
+        low, high = self.low_frequency.log_scalars(), self.high_frequency.log_scalars()
+        return {**{f"{k}_low": v for k, v in low.items()}, **{f"{k}_high": v for k, v in high.items()}}
+
+    def forward(
+        self, tokens: Tensor, layer: int, depth: Tensor | None = None, grid: tuple[int, int] | None = None
+    ) -> Tensor:
         n = tokens.shape[1]
-        gh, gw = self.grid if self.grid is not None else (math.isqrt(n), math.isqrt(n))
+        gh, gw = grid if grid is not None else (math.isqrt(n), math.isqrt(n))
         if gh * gw != n:
-            raise ValueError(
-                f"FADA cannot lay {n} tokens on the grid {gh}×{gw} (the backbone's last input's grid, or a square one "
-                "before attach(visual_backbone))"
-            )
+            raise ValueError(f"FADA cannot lay {n} tokens on the grid {gh}×{gw} (the call's grid, or a square one)")
         x = F.pad(_grid(tokens, gh, gw), (0, gw % 2, 0, gh % 2), mode="replicate")
         ll, *highs = haar_dwt(x)
         h, w = ll.shape[-2:]

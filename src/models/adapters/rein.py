@@ -1,4 +1,5 @@
-"""REIN (Wei et al., CVPR 2024): per-layer learnable tokens that refine a frozen VFM's patch tokens (SPEC §2)."""
+"""REIN (Wei et al., CVPR 2024; the paper's Eq. 2): per-layer learnable tokens that refine a frozen VFM's patch
+tokens (docs/method.md §2)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torch import Tensor, nn
 
 from src.models.adapters.base import Adapter
 
-#: The authors' token init puts the patch size 16 into its fan-in whatever the backbone (§2.1); kept for parity.
+#: The authors' token init puts the patch size 16 into its fan-in whatever the backbone (method §2.1); kept for parity.
 INIT_PATCH_SIZE = 16
 
 
@@ -23,9 +24,9 @@ class ReinAdapter(Adapter):
     """REIN's token module: the authors' ``LoRAReins`` (``rank=16``, default) or ``Reins`` (``rank=None``).
 
     After block i the patch tokens f attend to the layer's M tokens T_i; the attended, feature-aligned tokens
-    refine f through two residuals (§2.2). The same tokens produce the head's object queries (§2.4).
-    Parameter names are the authors', so that the optimiser's name rules (no weight decay on
-    ``learnable_tokens`` and ``scale``) apply unchanged.
+    refine f through two residuals (method §2.2). The same tokens produce the head's object queries (§2.4).
+    Parameter names are the authors', so that their checkpoints map one to one. The tokens and s take no weight
+    decay (:meth:`no_weight_decay`); s is logged as ``train/token_scale``.
     """
 
     def __init__(
@@ -49,11 +50,19 @@ class ReinAdapter(Adapter):
         else:
             self.learnable_tokens_a = nn.Parameter(torch.empty(num_layers, num_tokens, rank).uniform_(-v, v))
             self.learnable_tokens_b = nn.Parameter(torch.empty(num_layers, rank, embed_dim).uniform_(-v, v))
-        # W₁,b₁ aligns the tokens with the features; W₂,b₂ turns (G + f) into the refinement Δ. Shared by all layers,
-        # PyTorch's default Linear init = the authors' kaiming-uniform(a=√5).
+        self.scale: nn.Parameter | float
+        self._build_update(embed_dim, scale_init, zero_mlp_delta_f)
+        if link_token_to_query:
+            self.transform = nn.Linear(embed_dim, query_dim)
+            self.merge = nn.Linear(3 * query_dim, query_dim)
+
+    def _build_update(self, embed_dim: int, scale_init: float, zero_mlp_delta_f: bool) -> None:
+        """W₁,b₁ (aligns the tokens with the features), W₂,b₂ (turns G + f into Δ) and the scale s (Eq. 2).
+
+        W₁ and W₂ are shared by all layers; PyTorch's default Linear init = the authors' kaiming-uniform(a=√5).
+        """
         self.mlp_token2feat = nn.Linear(embed_dim, embed_dim)
         self.mlp_delta_f = nn.Linear(embed_dim, embed_dim)
-        self.scale: nn.Parameter | float
         if zero_mlp_delta_f:
             # the "no scale factor" form: s ≡ 1, and Δ = 0 at init comes from W₂ = 0, b₂ = 0 instead of a small s
             nn.init.zeros_(self.mlp_delta_f.weight)
@@ -61,9 +70,19 @@ class ReinAdapter(Adapter):
             self.scale = 1.0
         else:
             self.scale = nn.Parameter(torch.tensor(scale_init))
-        if link_token_to_query:
-            self.transform = nn.Linear(embed_dim, query_dim)
-            self.merge = nn.Linear(3 * query_dim, query_dim)
+
+    @property
+    def provides_queries(self) -> bool:
+        return self.link_token_to_query
+
+    def no_weight_decay(self) -> set[str]:
+        """The tokens and s (docs/method.md §7.1), besides any norm layer."""
+        tokens = {"learnable_tokens"} if self.rank is None else {"learnable_tokens_a", "learnable_tokens_b"}
+        scale = {"scale"} if isinstance(self.scale, nn.Parameter) else set()
+        return super().no_weight_decay() | tokens | scale
+
+    def log_scalars(self) -> dict[str, Tensor]:
+        return {"token_scale": self.scale} if isinstance(self.scale, nn.Parameter) else {}
 
     def layer_tokens(self, layer: int) -> Tensor:
         """T_i (M, C)."""
@@ -78,11 +97,11 @@ class ReinAdapter(Adapter):
         return self.learnable_tokens_a @ self.learnable_tokens_b
 
     def logits(self, x: Tensor, tokens: Tensor) -> Tensor:
-        """Λ = x·Tᵀ/√C (B, N, M); each modality's map gets its own temperature C^(−1/2) (§2.2, §3.1)."""
+        """Λ = x·Tᵀ/√C (B, N, M); each modality's map gets its own temperature C^(−1/2) (method §2.2, §3.1)."""
         return x @ tokens.transpose(-1, -2) * self.embed_dim**-0.5
 
     def delta(self, f: Tensor, weights: Tensor, tokens: Tensor) -> Tensor:
-        """Δ = W₂(G + f) + b₂ with G = S[..., 1:]·(T[1:]W₁ᵀ + b₁) (§2.2).
+        """Δ = W₂(G + f) + b₂ with G = S[..., 1:]·(T[1:]W₁ᵀ + b₁) (Eq. 2 and 6, method §2.2).
 
         Token 0 is in the softmax ``weights`` S but not among the values: a learnable sink that lets a patch take
         little from the others. ``tokens`` may be per image (B, M, C) as well as shared (M, C).
@@ -99,11 +118,13 @@ class ReinAdapter(Adapter):
         """s·Δ for the patch tokens f (B, N, C) after block ``layer``."""
         return self.scale * self.delta(f, self.attention(f, layer), self.layer_tokens(layer))
 
-    def forward(self, tokens: Tensor, layer: int, depth: Tensor | None = None) -> Tensor:
+    def forward(
+        self, tokens: Tensor, layer: int, depth: Tensor | None = None, grid: tuple[int, int] | None = None
+    ) -> Tensor:
         return tokens + self.refinement(tokens, layer)  # outer residual f' = f + s·Δ
 
     def queries(self) -> Tensor | None:
-        """Q = merge([max, mean, last] over layers of transform(T_all)) (M, D_q) (§2.4); None without the link.
+        """Q = merge([max, mean, last] over layers of transform(T_all)) (M, D_q) (method §2.4); None without the link.
 
         The three statistics of channel c sit at merge-input index 3·c + k, as in the authors' weights.
         """

@@ -33,6 +33,10 @@ class VPTAdapter(BlockHookAdapter):
         v = math.sqrt(6.0 / (3 * INIT_PATCH_SIZE**2 + embed_dim))
         self.prompts = nn.Parameter(torch.empty(num_layers, num_prompts, embed_dim).uniform_(-v, v))
 
+    def no_weight_decay(self) -> set[str]:
+        """The prompts are tokens: no weight decay (docs/method.md §7.1)."""
+        return super().no_weight_decay() | {"prompts"}
+
     def hook_block(self, layer: int, block: nn.Module) -> list[RemovableHandle]:
         return [
             block.register_forward_pre_hook(partial(self._join, layer), with_kwargs=True),

@@ -19,9 +19,11 @@ from timm.models.vision_transformer_sam import VisionTransformerSAM
 from torch import Tensor, nn
 
 from src.models.adapters.base import Adapter
+from src.models.parts import ShapeSpec, norm_parameter_names
 from src.models.weights import missing_weights, timm_weight_source
 
-#: Image strides of the 4 output levels (SPEC §1.1). A patch-16 ViT resamples its token grid ×4, ×2, ×1, ×½.
+#: Image strides of the 4 output levels (docs/method.md §1.1). A patch-16 ViT resamples its grid ×4, ×2, ×1, ×½.
+#: The backbone states them in :meth:`VisualBackbone.output_shape`, which the decoder and the head are built from.
 LEVEL_STRIDES = (4, 8, 16, 32)
 
 #: A step receives (layer index, patch tokens (B, N, C)) after each block and returns the patch tokens.
@@ -165,24 +167,55 @@ class VisualBackbone(nn.Module):
             # model then resamples both in forward for any input size (API-NOTES §2).
             kwargs["img_size"] = img_size
         kwargs |= dict(model_kwargs or {})
+        from src.models import weights  # the file checks for damaged weights (imported here: only errors need them)
+
         what, fetch = f"timm model {model_name!r}", f"--timm {model_name}"
+        download = f"`python {weights.DOWNLOAD_SCRIPT} {fetch} --cache-dir <dir>`"
         if checkpoint_path is not None:
             path = Path(checkpoint_path).expanduser()
             if not path.is_file():
-                raise missing_weights(what, f"local file {str(path)!r}", fetch, "no such file", cache_dir)
-            return _create(model_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+                reason = "a directory, not a weight file (.safetensors, .pth, .bin)" if path.is_dir() else "no such file"
+                raise missing_weights(what, f"local file {str(path)!r}", fetch, reason, cache_dir)
+            try:
+                return _create(model_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+            except Exception as err:  # timm's loaders fail opaquely on a damaged file: find out whether it is one
+                problem = weights.weight_file_problem(path)
+                if problem is None:
+                    raise
+                fix = (
+                    f"copy the original file again and point checkpoint_path at it, or fetch the hub weights with "
+                    f"{download} and load them with checkpoint_path=null pretrained=true "
+                    "(with `export HF_HUB_CACHE=<dir>; export HF_HUB_OFFLINE=1` on a machine without internet)"
+                )
+                raise weights.corrupt_weights(what, path, problem, fix) from err
         if not pretrained:
             return _create(model_name, pretrained=False, **kwargs)
         try:
             return _create(model_name, pretrained=True, cache_dir=cache_dir, **kwargs)
         except OSError as err:  # hub miss in offline mode, no network, HTTP errors: all OSError subclasses
             raise missing_weights(what, f"the hub ({timm_weight_source(model_name)})", fetch, err, cache_dir) from err
+        except Exception as err:  # a damaged file in the hub cache (e.g. a cache copied over an unstable link)
+            source = timm_weight_source(model_name)
+            snapshot = None if "://" in source else weights.hub_snapshot(source, cache_dir)
+            found = weights.folder_problem(snapshot) if snapshot is not None else None
+            if found is None:
+                raise
+            fix = f"delete the damaged cache entry {snapshot.parent.parent} and fetch it again with {download}"
+            raise weights.corrupt_weights(what, found[0], found[1], fix) from err
 
     def train(self, mode: bool = True) -> VisualBackbone:
         """Keep the frozen VFM in eval mode whatever the trainer asks (SPEC §1.3)."""
         super().train(mode)
         self.model.eval()
         return self
+
+    def output_shape(self) -> list[ShapeSpec]:
+        """Channels and image stride of each of the maps :meth:`forward` returns."""
+        return [ShapeSpec(self.embed_dim, stride) for stride in LEVEL_STRIDES]
+
+    def no_weight_decay(self) -> set[str]:
+        """When the VFM trains (the ``full`` baseline): its norm layers take no weight decay (method §7.1)."""
+        return norm_parameter_names(self)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in backward: the adapter's gradient still flows through every block."""
@@ -196,7 +229,8 @@ class VisualBackbone(nn.Module):
     def forward(
         self, images: Tensor, adapter: Adapter | None = None, depth_tokens: list[Tensor] | None = None
     ) -> list[Tensor]:
-        """Run the blocks with ``adapter(patch_tokens, i, depth_tokens[i])`` after block i; return the 4 maps.
+        """Run the blocks with ``adapter(patch_tokens, i, depth_tokens[i], grid)`` after block i; return the maps
+        described by :meth:`output_shape`.
 
         Gradients flow through the frozen blocks to the adapter's parameters (no ``no_grad`` here).
         """
@@ -210,7 +244,7 @@ class VisualBackbone(nn.Module):
 
         def step(layer: int, tokens: Tensor) -> Tensor:
             if adapter is not None:
-                tokens = adapter(tokens, layer, depth_tokens[layer] if depth_tokens is not None else None)
+                tokens = adapter(tokens, layer, depth_tokens[layer] if depth_tokens is not None else None, grid)
             if layer in self.out_indices:
                 collected[layer] = tokens
             return tokens

@@ -1,9 +1,9 @@
-"""Mask2Former head (SPEC §5, D3) assembled from transformers' Mask2Former modules, with token-derived queries.
+"""Mask2Former head (docs/method.md §5, D3) assembled from transformers' Mask2Former modules, with token-derived queries.
 
 transformers supplies the MSDeformAttn pixel decoder, the masked-attention decoder (with its mask predictor and
 attention-mask thresholding), the Hungarian matcher and the point-sampled losses. This file adds what DepthForge
 changes or HF keeps outside those modules: the queries (learned, or REIN/DepthForge's token-derived ones,
-``replace_query_feat``), the class predictor, semantic-segmentation targets, the loss weighting and §5.4's
+``replace_query_feat``, set by the segmenter from the adapter's ``provides_queries``), the class predictor, semantic-segmentation targets, the loss weighting and method §5.4's
 semantic map. ``docs/head.md`` lists the remaining differences from the mmdet head.
 """
 
@@ -27,8 +27,8 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerTransformerModule,
 )
 
-NUM_LEVELS = 4
-
+from src.data.labels import IGNORE_INDEX
+from src.models.parts import ShapeSpec, norm_parameter_names
 
 @dataclass
 class HeadOutput:
@@ -45,7 +45,7 @@ class QueryInputTransformerModule(Mask2FormerTransformerModule):
     """HF's masked-attention transformer module, fed with queries chosen by the head.
 
     HF's ``forward`` reads the queries from its own ``queries_embedder``/``queries_features`` embeddings, which
-    token-derived queries replace (SPEC §5.2). Those embeddings are therefore removed (no dead parameters), and
+    token-derived queries replace (method §5.2). Those embeddings are therefore removed (no dead parameters), and
     ``forward`` redoes only HF's memory preparation — level projection + ``level_embed`` and the sine key
     encoding per level — before calling HF's decoder unchanged.
     """
@@ -83,7 +83,7 @@ class QueryInputTransformerModule(Mask2FormerTransformerModule):
 
 
 class DistributedMask2FormerLoss(Mask2FormerLoss):
-    """HF's loss with the mask count averaged over DDP ranks through torch.distributed (SPEC §5.3).
+    """HF's loss with the mask count averaged over DDP ranks through torch.distributed (method §5.3).
 
     HF only averages it under an `accelerate` state, which Lightning's DDP does not create.
     """
@@ -97,21 +97,24 @@ class DistributedMask2FormerLoss(Mask2FormerLoss):
 
 
 class Mask2FormerHead(Mask2FormerPreTrainedModel):
-    """SPEC §5 head: MSDeformAttn pixel decoder, 9-layer masked-attention decoder, 10 predictions, §5.3 losses.
+    """Method §5 head: MSDeformAttn pixel decoder, 9-layer masked-attention decoder, 10 predictions, §5.3 losses.
 
     A ``Mask2FormerPreTrainedModel`` so that ``post_init()`` runs HF's weight init on every HF module (the bare
-    pixel decoder leaves ``level_embed`` uninitialised memory, API-NOTES §4). ``decoder_layers`` follows HF's
+    pixel decoder leaves ``level_embed`` uninitialised memory, method L4). ``decoder_layers`` follows HF's
     convention: ``decoder_layers - 1`` decoder layers plus the prediction from the raw queries, i.e.
-    ``decoder_layers`` (class, mask) predictions; the default 10 is SPEC's 9 layers + 1.
+    ``decoder_layers`` (class, mask) predictions; the default 10 is the paper's 9 layers + 1.
 
+    ``input_shape``: the maps it reads, one :class:`ShapeSpec` per level, finest first (the backbone's or the
+    refinement decoder's ``output_shape()``), at the strides of HF's ``feature_strides`` (4/8/16/32).
     With ``replace_query_feat`` the queries come from the adapter (``forward(maps, queries)``, queries (Q, D)):
     they are the positional query and ``querys2feat(queries)`` the content query, the same for every image.
     Otherwise the head owns learned ``query_embed`` (positional) and ``query_feat`` (content) embeddings.
+    The segmenter sets it from the adapter's ``provides_queries``. ``ignore_index`` is the label encoding's.
     """
 
     def __init__(
         self,
-        in_channels: int | Sequence[int],
+        input_shape: Sequence[ShapeSpec],
         num_classes: int = 19,
         num_queries: int = 100,
         hidden_dim: int = 256,
@@ -129,8 +132,8 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
         mask_weight: float = 5.0,
         dice_weight: float = 5.0,
         no_object_weight: float = 0.1,
-        replace_query_feat: bool = True,
-        ignore_index: int = 255,
+        replace_query_feat: bool = False,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
         config = Mask2FormerConfig(
             num_labels=num_classes,
@@ -153,9 +156,14 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
             ignore_value=ignore_index,
         )
         super().__init__(config)
-        feature_channels = [in_channels] * NUM_LEVELS if isinstance(in_channels, int) else list(in_channels)
-        if len(feature_channels) != NUM_LEVELS:
-            raise ValueError(f"in_channels must give {NUM_LEVELS} levels (strides 4/8/16/32), got {in_channels}")
+        # HF's pixel decoder reads maps at its config's feature_strides (4/8/16/32): the finest makes the mask
+        # features, the other three are the decoder's memories
+        if [spec.stride for spec in input_shape] != list(config.feature_strides):
+            raise ValueError(
+                f"the Mask2Former head reads maps at strides {list(config.feature_strides)}, finest first; "
+                f"got {list(input_shape)}"
+            )
+        feature_channels = [spec.channels for spec in input_shape]
         self.replace_query_feat = replace_query_feat
 
         self.pixel_decoder = Mask2FormerPixelDecoder(config, feature_channels=feature_channels)
@@ -187,7 +195,7 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
         """HF's init, with the parts that differ between transformers versions pinned to the original's choices.
 
         transformers 5.17 zeroes the pixel decoder's ``level_embed`` and draws embeddings and the mask MLP from
-        N(0, 0.02); 5.23 (and mmdet, SPEC §5.2 "Init") use N(0, 1) and PyTorch's default. Our own linears (class
+        N(0, 0.02); 5.23 (and mmdet, method §5.2 "Init") use N(0, 1) and PyTorch's default. Our own linears (class
         predictor, ``querys2feat``) keep PyTorch's default as in mmdet. Children are initialised before their
         parent, so the mask-MLP re-init below overrides HF's generic linear init.
         """
@@ -203,6 +211,20 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
         elif module is self.class_predictor or module is getattr(self, "querys2feat", None):
             module.reset_parameters()
 
+    @property
+    def ignore_index(self) -> int:
+        """The label value that marks pixels without a class; the loss and the metrics skip them."""
+        return self.config.ignore_value
+
+    def no_weight_decay(self) -> set[str]:
+        """Norms, the learned positional queries and the decoder's level embedding (method §7.1).
+
+        The pixel decoder's ``level_embed`` (mmdet's ``level_encoding``) does take weight decay, as in the paper's
+        configs.
+        """
+        names = norm_parameter_names(self) | {"transformer_module.level_embed.weight"}
+        return names | ({"query_embed.weight"} if not self.replace_query_feat else set())
+
     def forward(self, maps: Sequence[torch.Tensor], queries: torch.Tensor | None = None) -> HeadOutput:
         """``maps``: 4 (B, C_l, ·, ·) maps at strides 4/8/16/32; ``queries``: (Q, D) with ``replace_query_feat``."""
         pixel = self.pixel_decoder(list(maps))
@@ -212,7 +234,7 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
         return HeadOutput(class_logits=class_logits, mask_logits=list(decoded.masks_queries_logits))
 
     def _decoder_queries(self, queries: torch.Tensor | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(content, positional) queries, each (Q, B, D) as HF's decoder takes them (SPEC §5.2)."""
+        """(content, positional) queries, each (Q, B, D) as HF's decoder takes them (method §5.2)."""
         if self.replace_query_feat:
             expected = (self.config.num_queries, self.config.hidden_dim)
             if queries is None or tuple(queries.shape) != expected:
@@ -226,7 +248,7 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
         return content[:, None].expand(-1, batch_size, -1), position[:, None].expand(-1, batch_size, -1)
 
     def loss(self, output: HeadOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """SPEC §5.3: Hungarian matching and 2·CE + 5·BCE + 5·Dice on every stage, summed into ``"loss"``.
+        """Method §5.3: Hungarian matching and 2·CE + 5·BCE + 5·Dice on every stage, summed into ``"loss"``.
 
         ``labels``: (B, H, W) long, ``ignore_index`` for ignored pixels. The returned terms are already weighted:
         ``loss_cross_entropy``/``loss_mask``/``loss_dice`` for the final stage and ``…_{i}`` for stage i < last.
@@ -260,7 +282,7 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
 
     @staticmethod
     def semantic_map(output: HeadOutput, size: tuple[int, int]) -> torch.Tensor:
-        """SPEC §5.4: Σ_q softmax(cls_q)[:K] · σ(mask_q) of the final stage at ``size`` → (B, K, H, W) probabilities."""
+        """Method §5.4: Σ_q softmax(cls_q)[:K] · σ(mask_q) of the final stage at ``size`` → (B, K, H, W) probabilities."""
         with torch.autocast(output.mask_logits[-1].device.type, enabled=False):
             masks = F.interpolate(output.mask_logits[-1].float(), size=size, mode="bilinear", align_corners=False)
             class_probs = output.class_logits[-1].float().softmax(-1)[..., :-1]
