@@ -6,7 +6,7 @@ import hydra
 import pytest
 import torch
 
-from src.models.segmenter import Segmenter
+from src.models.segmenter import Segmenter, apply_multipliers
 from src.utils.instantiate import build_module, build_trainer
 from tests.conftest import CONF_DIR, TINY, compose_config
 
@@ -62,23 +62,40 @@ def test_paper_recipe_values(tmp_path):
 
 @pytest.mark.parametrize("ablation", ABLATIONS)
 def test_ablation_builds_and_trains_one_step(ablation, tmp_path):
+    """Every ablation composes, and the composed model is what its parts declare: the depth VFM exists iff the
+    adapter reads depth, the head uses the adapter's queries iff it provides them, the optimiser holds exactly
+    the trainable parameters with no weight decay exactly on those the parts name, and a step's gradients reach
+    trainable parameters only."""
     overrides = ["experiment=smoke", *TINY, f"ablation={ablation}"]
     if ablation == "prompt_da":  # the tiny random depth model, built as Prompt Depth Anything
         overrides.append("model.segmenter.depth_backbone.model_type=prompt_depth_anything")
     cfg = compose_config(overrides, tmp_path)
     module = build_module(cfg)
-    seg = module.segmenter
+    seg, adapter = module.segmenter, module.segmenter.token_adapter
+    assert (seg.depth_backbone is not None) == adapter.uses_depth
+    assert seg.mask_head.replace_query_feat == adapter.provides_queries
+    assert (adapter.queries() is not None) == adapter.provides_queries
+    assert (seg.refinement_decoder is not None) == (cfg.model.segmenter.get("refinement_decoder") is not None)
+
+    optimizer = cfg_optimizer(module)
+    trainable = {n for n, p in seg.named_parameters() if p.requires_grad}
+    decay = {n: g["weight_decay"] for g in optimizer.param_groups for n in g["param_names"]}
+    assert set(decay) == trainable and sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
+    declared = seg.no_weight_decay()
+    assert declared <= {n for n, _ in seg.named_parameters()}  # a declaration names real parameters
+    assert {n for n, wd in decay.items() if wd == 0.0} == declared & trainable
+    assert all(wd == cfg.model.optimizer.weight_decay for n, wd in decay.items() if n not in declared)
+
     images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 19, (2, 64, 64))
-    loss = seg.mask_head.loss(seg(images), labels)["loss"]
-    loss.backward()
-    trainable = [p for p in seg.parameters() if p.requires_grad]
+    seg.loss(images, labels)["loss"].backward()
     assert all(p.grad is None for p in seg.parameters() if not p.requires_grad)
-    assert trainable and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
-    uses_depth = ablation not in {"rein", "drd", "frozen", "full", "lora", "adaptformer", "vpt", "fada"}
-    assert (seg.depth_backbone is not None) == uses_depth
-    assert (seg.refinement_decoder is not None) == (
-        ablation in {"drd", "depthforge", "no_scale", "drd_paper", "prompt_da"}
-    )
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in seg.parameters() if p.requires_grad)
+
+
+def cfg_optimizer(module) -> torch.optim.Optimizer:
+    optimizer = module.optimizer_factory(module.segmenter.param_groups())
+    apply_multipliers(optimizer)
+    return optimizer
 
 
 def test_slurm_launcher_config_composes(tmp_path):

@@ -65,7 +65,7 @@ def test_checkpoint_holds_trainable_tensors_only(smoke_run):
     )
     n_state = sum(len(g["params"]) for g in ckpt["optimizer_states"][0]["param_groups"])
     assert n_state == sum(1 for k in keys if "criterion.empty_weight" not in k)
-    assert ckpt["global_step"] == 4 and ckpt["model_config"]["token_adapter"]["variant"] == "da_ao"
+    assert ckpt["global_step"] == 4 and ckpt["model_config"]["token_adapter"]["_target_"].endswith(".DepthForgeAdapter")
 
 
 def test_eval_and_predict_run_on_the_smoke_checkpoint(smoke_run, tmp_path):

@@ -1,9 +1,9 @@
-"""Validate a data root against the layouts of SPEC §6.1 before a long run finds out the hard way.
+"""Validate a data root against the layouts of docs/method.md §6.1 before a long run finds out the hard way.
 
-Each entry is one split of one dataset as the protocols read it. It is checked by building the dataset class (the
-same scan training uses: missing folders, images without labels), comparing the count with the official one,
-and decoding a sample of pairs (or all, `full=True`): unreadable files, image/label size mismatches, and label
-values outside the encoding (they would silently become ignore pixels).
+Each entry is one official split of one registered dataset class (`LayoutDataset.official_splits`). It is checked
+by building the dataset class (the same scan training uses: missing folders, images without labels), comparing the
+count with the official one, and decoding a sample of pairs (or all, `full=True`): unreadable files, image/label
+size mismatches, and label values outside the encoding (they would silently become ignore pixels).
 """
 
 from __future__ import annotations
@@ -11,23 +11,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from src.data.datasets import (
-    ACDCDataset,
-    BDD100KDataset,
-    CityscapesDataset,
-    GTA5Dataset,
-    LayoutDataset,
-    MapillaryDataset,
-    read_image,
-    read_raw_label,
-)
+from src.data.datasets import DATASETS as _CLASSES
+from src.data.datasets import LayoutDataset, read_image, read_raw_label
+from src.data.labels import IGNORE_INDEX
 
 _MAX_LISTED = 5
-_ACDC_VAL = {"fog": 100, "night": 106, "rain": 100, "snow": 100}
 
 
 @dataclass(frozen=True)
@@ -43,32 +36,12 @@ class Entry:
     hint: str = ""
 
 
-ENTRIES: tuple[Entry, ...] = (
-    Entry("gta5", "all", GTA5Dataset.default_dir, GTA5Dataset, 24_966),
-    Entry("cityscapes", "train", CityscapesDataset.default_dir, lambda r: CityscapesDataset(r, "train"), 2_975),
-    Entry("cityscapes", "val", CityscapesDataset.default_dir, lambda r: CityscapesDataset(r, "val"), 500),
-    Entry("bdd100k", "val", BDD100KDataset.default_dir, lambda r: BDD100KDataset(r, "val"), 1_000),
-    Entry(
-        "mapillary",
-        "val (half)",
-        MapillaryDataset.default_dir,
-        lambda r: MapillaryDataset(r, "val", variant="half"),
-        2_000,
-        hint="make it from the raw release with scripts/prepare_mapillary.py",
-    ),
-    Entry(
-        "mapillary",
-        "val (raw v1.2, optional)",
-        MapillaryDataset.default_dir,
-        lambda r: MapillaryDataset(r, "val", variant="raw"),
-        2_000,
-        required=False,
-    ),
-    *(
-        Entry("acdc", f"{c}/val", ACDCDataset.default_dir, lambda r, c=c: ACDCDataset(r, "val", condition=c), n)
-        for c, n in _ACDC_VAL.items()
-    ),
+ENTRIES: tuple[Entry, ...] = tuple(
+    Entry(cls.key, s.name, cls.default_dir, partial(cls, **s.kwargs), s.size, s.required, s.hint)
+    for cls in _CLASSES.values()
+    for s in cls.official_splits
 )
+"""Every official split of every registered dataset class (`LayoutDataset.official_splits`)."""
 DATASETS = tuple(dict.fromkeys(e.dataset for e in ENTRIES))
 
 
@@ -134,7 +107,7 @@ def check_entry(entry: Entry, data_root: str | Path, samples: int = 20, full: bo
         listed = list(unknown.items())[:_MAX_LISTED]
         examples = "; ".join(f"{path.relative_to(result.root)}: {vs}" for path, vs in listed)
         result.errors.append(
-            f"label values outside the mapping (read as ignore 255): {values} in {len(unknown)} of "
+            f"label values outside the mapping (read as ignore {IGNORE_INDEX}): {values} in {len(unknown)} of "
             f"{result.checked} labels, e.g. {examples}"
         )
     return result

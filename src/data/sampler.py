@@ -30,15 +30,13 @@ class ResumableSampler(Sampler[tuple[int, int]]):
     Lightning's ``use_distributed_sampler`` must be off: this sampler does the rank split itself.
     """
 
-    def __init__(
-        self, size: int, seed: int = 0, shuffle: bool = True, rank: int | None = None, world_size: int | None = None
-    ) -> None:
+    def __init__(self, size: int, seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
         if size <= 0:
             raise ValueError("the training dataset is empty")
         initialised = dist.is_available() and dist.is_initialized()
         self.rank = rank if rank is not None else (dist.get_rank() if initialised else 0)
         self.world_size = world_size if world_size is not None else (dist.get_world_size() if initialised else 1)
-        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.size, self.seed = size, seed
         self.epoch = 0
         self._skip = 0
         self.num_samples = -(-size // self.world_size)  # ceil: ranks pad by wrapping around
@@ -53,11 +51,8 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         return self.num_samples
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.size, generator=g)
-        else:
-            order = torch.arange(self.size)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=g)
         total = self.num_samples * self.world_size
         order = torch.cat([order, order[: total - self.size]]) if total > self.size else order
         mine = order[self.rank : total : self.world_size].tolist()
@@ -66,7 +61,12 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 
 
 class SeededDataset(Dataset):
-    """Reseeds the wrapped dataset's albumentations pipeline from the key that :class:`ResumableSampler` yields."""
+    """Reseeds the wrapped dataset's albumentations pipeline from the key that :class:`ResumableSampler` yields.
+
+    This is the only seeding of the training augmentation: the pipeline is reseeded before every sample, in
+    whichever worker process loads it, so a draw depends on (seed, epoch, index) and not on ``num_workers`` or on
+    which worker got the sample. Evaluation pipelines draw nothing, so they need no seeding.
+    """
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -76,8 +76,7 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
-        if hasattr(self.dataset, "seed_transform"):  # our datasets: also stops their per-worker reseed overriding it
-            self.dataset.seed_transform(seed)
-        elif isinstance(getattr(self.dataset, "transform", None), A.BaseCompose):
-            reseed(self.dataset.transform, seed)
+        transform = getattr(self.dataset, "transform", None)
+        if isinstance(transform, A.BaseCompose):
+            reseed(transform, seed)
         return self.dataset[index]

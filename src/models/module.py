@@ -26,8 +26,9 @@ class SegmentationModule(L.LightningModule):
     parameter groups (method §7.1) and scales its own ``lr``/``weight_decay`` by each group's multipliers; the
     scheduler receives ``max_lr`` (one per group) and ``total_steps`` from the trainer, and is stepped every
     iteration (method D5). Validation and test run :func:`slide_inference` with ``slide`` =
-    ``{crop, stride, max_batch}`` (the model config is its one home). ``model_config`` (the resolved model config) is stored in every checkpoint and
-    compared on load, so a checkpoint made for another configuration is refused with the differences named.
+    ``{crop, stride, max_batch}`` (the model config is its one home). ``model_config`` (the resolved model config)
+    is stored in every checkpoint and compared on load, so a checkpoint made for another configuration is refused with
+    the differences named.
     """
 
     def __init__(
@@ -126,7 +127,9 @@ class SegmentationModule(L.LightningModule):
                 if not torch.isnan(iou):
                     self.log(f"{stage}/{name}/IoU/{cls_name}", iou, add_dataloader_idx=False)
         if self.mean_domains:
-            self.log(f"{stage}/mean_mIoU", mean_miou(results, self.mean_domains), prog_bar=True, add_dataloader_idx=False)
+            self.log(
+                f"{stage}/mean_mIoU", mean_miou(results, self.mean_domains), prog_bar=True, add_dataloader_idx=False
+            )
         return results
 
     def on_validation_epoch_end(self) -> None:

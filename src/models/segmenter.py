@@ -18,6 +18,7 @@ from src.models.backbones.depth import DepthBackbone, pair_depth_tokens
 from src.models.backbones.visual import VisualBackbone
 from src.models.heads.mask2former import HeadOutput, Mask2FormerHead
 
+
 class Segmenter(nn.Module):
     """The DepthForge-style segmenter (docs/architecture.md), usable without Lightning for inference and export.
 
@@ -62,7 +63,9 @@ class Segmenter(nn.Module):
             shape = self.refinement_decoder.output_shape()
         self.mask_head = mask_head(input_shape=shape, replace_query_feat=self.token_adapter.provides_queries)
         if self.mask_head.config.num_labels != num_classes:
-            raise ValueError(f"the head predicts {self.mask_head.config.num_labels} classes, the segmenter {num_classes}")
+            raise ValueError(
+                f"the head predicts {self.mask_head.config.num_labels} classes, the segmenter {num_classes}"
+            )
         self.train_backbone = train_backbone
         if train_backbone:
             for p in self.visual_backbone.model.parameters():
@@ -131,7 +134,9 @@ class Segmenter(nn.Module):
             "refinement_decoder": self.refinement_decoder,
             "mask_head": self.mask_head,
         }
-        return {f"{prefix}.{name}" for prefix, part in parts.items() if part is not None for name in part.no_weight_decay()}
+        return {
+            f"{prefix}.{name}" for prefix, part in parts.items() if part is not None for name in part.no_weight_decay()
+        }
 
     def param_groups(self) -> list[dict]:
         """Optimiser parameter groups with mmengine's multipliers ``lr_mult`` and ``decay_mult`` (method §7.1).

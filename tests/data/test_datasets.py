@@ -10,8 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from src.data.checks import ENTRIES, check_data_root
 from src.data.datasets import (
     CONDITIONS,
+    DATASETS,
     ACDCDataset,
     BDD100KDataset,
     CityscapesDataset,
@@ -167,6 +169,17 @@ def test_dg_benchmark_tree(tmp_path: Path) -> None:
     root = write_dg_benchmark(tmp_path, num_images=2, size=(32, 16))
     assert len(CityscapesDataset(root / DATASET_DIRS["cityscapes"], "train")) == 2
     assert all(len(ACDCDataset(root / DATASET_DIRS["acdc"], condition=c)) == 2 for c in CONDITIONS)
+
+
+def test_registered_classes_are_the_one_home_of_their_facts(tmp_path: Path) -> None:
+    assert [e.dataset for e in ENTRIES] == [cls.key for cls in DATASETS.values() for _ in cls.official_splits]
+    assert KINDS == tuple(kind for cls in DATASETS.values() for kind in cls.synthetic_kinds())
+    assert all(DATASET_DIRS[kind] == cls.default_dir for cls in DATASETS.values() for kind in cls.synthetic_kinds())
+    root = write_dg_benchmark(tmp_path, num_images=2, size=(32, 16), kinds=KINDS)  # every kind, usual folders
+    results = check_data_root(root, tuple(DATASETS), full=True)
+    assert len(results) == len(ENTRIES) and all(not r.errors and r.found == 2 for r in results), [
+        r.format() for r in results
+    ]
 
 
 def test_synthetic_dataset_in_memory() -> None:

@@ -1,4 +1,14 @@
-from src.data.sampler import ResumableSampler, sample_seed
+"""ResumableSampler epochs, ranks and resume; SeededDataset makes augmentation a function of (seed, epoch, index)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from src.data.datasets import SyntheticDataset
+from src.data.sampler import ResumableSampler, SeededDataset, sample_seed
+from src.data.transforms import build_train_transform, reseed
 
 
 def indices(sampler):
@@ -40,23 +50,37 @@ def test_augmentation_seeds_depend_on_seed_epoch_and_index_only():
     assert sample_seed(5, 2, 0) != sample_seed(5, 1, 0) != sample_seed(6, 1, 0)
 
 
-def test_augmentation_is_the_same_with_any_number_of_workers():
-    import torch
-    from torch.utils.data import DataLoader
+class _SameImage(SyntheticDataset):
+    """Every index loads the same scene, so differences between items come from the augmentation alone."""
 
-    from src.data.datasets import SyntheticDataset
-    from src.data.sampler import SeededDataset
-    from src.data.transforms import build_train_transform
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return super().load(0)
 
-    def first_batch(workers: int) -> torch.Tensor:
-        dataset = SyntheticDataset(num_images=8, size=(96, 48), seed=0, transform=build_train_transform(crop_size=32))
-        loader = DataLoader(
-            SeededDataset(dataset),
-            batch_size=4,
-            sampler=ResumableSampler(8, seed=2),
-            num_workers=workers,
-            generator=torch.Generator().manual_seed(0),
-        )
-        return next(iter(loader))["image"]
 
-    assert torch.equal(first_batch(0), first_batch(2))
+def _augmented(workers: int, epoch: int = 0, seed: int = 2) -> dict[int, torch.Tensor]:
+    """Index -> augmented image of one epoch, loaded the way DGDataModule trains (ResumableSampler + SeededDataset).
+
+    The pipeline gets no seed of its own (a random one), so nothing but the per-sample seeds can make runs agree.
+    """
+    dataset = _SameImage(num_images=8, size=(96, 48), seed=0, transform=build_train_transform(crop_size=32))
+    sampler = ResumableSampler(8, seed=seed)
+    sampler.set_epoch(epoch)
+    keys = list(sampler)
+    loader = DataLoader(SeededDataset(dataset), batch_size=4, sampler=sampler, num_workers=workers)
+    images = torch.cat([batch["image"] for batch in loader])
+    return {index: image for (index, _), image in zip(keys, images, strict=True)}
+
+
+def test_augmentation_depends_on_seed_epoch_and_index_only():
+    serial, parallel = _augmented(workers=0), _augmented(workers=2)
+    assert serial.keys() == parallel.keys() == set(range(8))
+    assert all(torch.equal(serial[i], parallel[i]) for i in range(8))  # any number of workers, any worker
+    assert len({serial[i].sum().item() for i in range(8)}) > 1  # the same scene, augmented per index
+    next_epoch = _augmented(workers=2, epoch=1)
+    assert not all(torch.equal(serial[i], next_epoch[i]) for i in range(8))
+
+    transform = build_train_transform(crop_size=32)  # the same draw, made directly from (seed, epoch, index)
+    image, label = _SameImage(size=(96, 48), seed=0).load(0)
+    for index in (0, 5):
+        reseed(transform, sample_seed(2, 1, index))
+        assert torch.equal(transform(image=image, mask=label)["image"], next_epoch[index])

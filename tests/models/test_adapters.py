@@ -1,5 +1,6 @@
-"""Token adapters against formulations of SPEC §2, §3.1, D8, D9 and §9 written independently here (einsum over the
-modules' tensors), plus init constants, gradient flow and the trainable-parameter counts of paper Tables 6–7."""
+"""Token adapters against formulations of docs/method.md §2, §3.1, D8, D9 and §9 written independently here
+(einsum over the modules' tensors), plus init constants, gradient flow and the trainable-parameter counts of paper
+Tables 6–7."""
 
 from __future__ import annotations
 
@@ -13,16 +14,31 @@ from torch import Tensor, nn
 
 from src.models.adapters import (
     AdaptFormerAdapter,
+    ConcatFusionAdapter,
+    DepthAwarenessOnlyAdapter,
+    DepthBiasAdapter,
     DepthForgeAdapter,
+    DepthTokenAdapter,
     FADAAdapter,
     LoRAAdapter,
     ReinAdapter,
+    SoftmaxAverageAdapter,
     VPTAdapter,
 )
+from src.models.adapters.base import Adapter
 from src.models.adapters.fada import haar_dwt, haar_idwt
+from src.models.backbones.visual import VisualBackbone
 
 L, C, M, R, DQ, B, N = 3, 32, 10, 4, 16, 2, 12
-VARIANTS = ["da_ao", "depth_bias", "concat", "depth_token", "config2", "da_only"]
+#: DepthForge (Table 4 "DA+AO") and the depth-fusion ablations of Tables 4–5, by their config names
+VARIANTS = {
+    "da_ao": DepthForgeAdapter,
+    "depth_bias": DepthBiasAdapter,
+    "concat": ConcatFusionAdapter,
+    "depth_token": DepthTokenAdapter,
+    "config2": SoftmaxAverageAdapter,
+    "da_only": DepthAwarenessOnlyAdapter,
+}
 
 
 def n_trainable(module: nn.Module) -> int:
@@ -44,7 +60,7 @@ def inputs(n: int = N) -> tuple[Tensor, Tensor]:
     return torch.randn(B, n, C, dtype=torch.float64), torch.randn(B, n, C, dtype=torch.float64)
 
 
-# ---------------------------------------------------------------- the SPEC equations, written independently
+# ---------------------------------------------------------------- the method's equations, written independently
 def ref_tokens(m: ReinAdapter, i: int) -> Tensor:
     """T_i (M, C) = A_i·B_i, or the stored full-rank T_i."""
     if m.rank is None:
@@ -79,21 +95,21 @@ def ref_rein(m: ReinAdapter, f: Tensor, i: int) -> Tensor:
 
 def ref_depthforge(m: DepthForgeAdapter, f: Tensor, d: Tensor, i: int) -> Tensor:
     t = per_image(ref_tokens(m, i))
-    if m.variant == "da_ao":  # §3.1: one softmax over the summed, separately scaled logits; visual-only residual
+    if type(m) is DepthForgeAdapter:  # Eq. 5–6: one softmax over the summed, separately scaled logits
         return rein_update(m, f, (attention(f, t) + attention(d, t)).softmax(-1), t)
-    if m.variant == "depth_bias":
+    if isinstance(m, DepthBiasAdapter):
         g = f + d
         return rein_update(m, g, attention(g, t).softmax(-1), t)
-    if m.variant == "concat":
+    if isinstance(m, ConcatFusionAdapter):
         w = m.depth_fuse.weight
         g = torch.einsum("bnc,kc->bnk", f, w[:, :C]) + torch.einsum("bnc,kc->bnk", d, w[:, C:]) + m.depth_fuse.bias
         return rein_update(m, g, attention(g, t).softmax(-1), t)
-    if m.variant == "depth_token":
+    if isinstance(m, DepthTokenAdapter):
         t = t + linear(d.mean(1), m.depth_to_token)[:, None]
         return rein_update(m, f, attention(f, t).softmax(-1), t)
-    if m.variant == "config2":
+    if isinstance(m, SoftmaxAverageAdapter):
         return rein_update(m, f, (attention(f, t).softmax(-1) + attention(d, t).softmax(-1)) / 2, t)
-    assert m.variant == "da_only"  # S·T with all M tokens as values, no MLPs
+    assert isinstance(m, DepthAwarenessOnlyAdapter)  # S·T with all M tokens as values, no MLPs
     s_map = (attention(f, t) + attention(d, t)).softmax(-1)
     return f + m.scale * torch.einsum("bnm,bmc->bnc", s_map, t)
 
@@ -130,8 +146,8 @@ def test_token_zero_is_a_sink() -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_depthforge_variants_match_spec(variant: str) -> None:
-    m = randomise(DepthForgeAdapter(L, C, num_tokens=M, rank=R, query_dim=DQ, variant=variant))
+def test_depthforge_and_its_ablations_match_the_equations(variant: str) -> None:
+    m = randomise(VARIANTS[variant](L, C, num_tokens=M, rank=R, query_dim=DQ))
     f, d = inputs()
     for i in range(L):
         torch.testing.assert_close(m(f, i, d), ref_depthforge(m, f, d, i))
@@ -139,7 +155,7 @@ def test_depthforge_variants_match_spec(variant: str) -> None:
 
 
 def test_da_ao_is_rein_on_f_plus_d_with_a_visual_residual() -> None:
-    """SPEC §3.1 identity: Λ = (f + d)Tᵀ/√C, while the update is added to the visual stream only."""
+    """Method §3.1 identity: Λ = (f + d)Tᵀ/√C, while the update is added to the visual stream only."""
     m = randomise(DepthForgeAdapter(L, C, num_tokens=M, rank=R, query_dim=DQ))
     f, d = inputs()
     t = per_image(ref_tokens(m, 2))
@@ -149,9 +165,9 @@ def test_da_ao_is_rein_on_f_plus_d_with_a_visual_residual() -> None:
 def test_depth_paths_start_as_rein() -> None:
     """concat ([I | 0]) and depth_token (W_d = 0) equal REIN at init whatever the depth."""
     f, d = inputs()
-    for variant in ("concat", "depth_token"):
+    for cls in (ConcatFusionAdapter, DepthTokenAdapter):
         torch.manual_seed(0)
-        m = DepthForgeAdapter(L, C, num_tokens=M, rank=R, query_dim=DQ, variant=variant).double()
+        m = cls(L, C, num_tokens=M, rank=R, query_dim=DQ).double()
         torch.manual_seed(0)
         rein = ReinAdapter(L, C, num_tokens=M, rank=R, query_dim=DQ).double()
         torch.testing.assert_close(m(f, 1, d), rein(f, 1))
@@ -164,17 +180,14 @@ def test_depthforge_needs_depth() -> None:
         m(torch.randn(B, N, C), 0)
     with pytest.raises(ValueError, match="do not match"):
         m(torch.randn(B, N, C), 0, torch.randn(B, N + 1, C))
-    with pytest.raises(ValueError, match="unknown"):
-        DepthForgeAdapter(L, C, variant="sum")
-    with pytest.raises(ValueError, match="da_only"):
-        DepthForgeAdapter(L, C, variant="da_only", zero_mlp_delta_f=True)
+    with pytest.raises(ValueError, match="zero_mlp_delta_f"):
+        DepthAwarenessOnlyAdapter(L, C, zero_mlp_delta_f=True)
 
 
 # ---------------------------------------------------------------- gradients
 @pytest.mark.parametrize("variant", ["rein", *VARIANTS])
 def test_gradients_reach_the_module_and_never_depth(variant: str) -> None:
-    kwargs = dict(num_tokens=M, rank=R, query_dim=DQ)
-    m = ReinAdapter(L, C, **kwargs) if variant == "rein" else DepthForgeAdapter(L, C, variant=variant, **kwargs)
+    m = {"rein": ReinAdapter, **VARIANTS}[variant](L, C, num_tokens=M, rank=R, query_dim=DQ)
     torch.manual_seed(3)
     f = torch.randn(B, N, C, requires_grad=True)
     depth = torch.randn(B, N, C, requires_grad=True)
@@ -222,7 +235,7 @@ def test_zero_mlp_delta_f_fixes_scale_and_starts_at_identity() -> None:
     torch.testing.assert_close(m(f, 0, d), f, rtol=0, atol=0)
 
 
-# ---------------------------------------------------------------- trainable-parameter counts (Tables 6–7, SPEC §2.5)
+# ---------------------------------------------------------------- trainable-parameter counts (Tables 6–7, method §2.5)
 def test_token_module_counts() -> None:
     assert n_trainable(ReinAdapter(24, 1024)) == 2_990_081
     assert n_trainable(DepthForgeAdapter(24, 1024)) == 2_990_081
@@ -238,7 +251,7 @@ def test_token_module_counts() -> None:
         "da_only": 2_990_081 - 2 * (1024 * 1024 + 1024),
     }
     for variant, count in variants.items():
-        assert n_trainable(DepthForgeAdapter(24, 1024, variant=variant)) == count, variant
+        assert n_trainable(VARIANTS[variant](24, 1024)) == count, variant
     assert n_trainable(DepthForgeAdapter(24, 1024, zero_mlp_delta_f=True)) == 2_990_080  # no_scale
     assert n_trainable(FADAAdapter(24, 1024)) == 2 * (431_616 + 2_099_200 + 1) + 459_264
 
@@ -399,7 +412,7 @@ def test_vpt_prompts_carry_no_rotary_position_in_eva() -> None:
     torch.testing.assert_close(hooked, prefixed)
 
 
-# ---------------------------------------------------------------- FADA (a reconstruction, SPEC §9)
+# ---------------------------------------------------------------- FADA (a reconstruction, method §9)
 HAAR = torch.tensor([[1, 1, 1, 1], [-1, -1, 1, 1], [-1, 1, -1, 1], [1, -1, -1, 1]], dtype=torch.float64) / 2
 
 
@@ -443,19 +456,29 @@ def ref_fada(m: FADAAdapter, f: Tensor, grid: tuple[int, int], i: int) -> Tensor
 def test_fada_matches_reconstruction() -> None:
     m = randomise(FADAAdapter(L, C, num_tokens=M, rank=R, query_dim=DQ))
     for grid in ((4, 4), (3, 5)):
-        m.grid = grid
         f, _ = inputs(grid[0] * grid[1])
-        torch.testing.assert_close(m(f, 1), ref_fada(m, f, grid, 1))
+        torch.testing.assert_close(m(f, 1, None, grid), ref_fada(m, f, grid, 1))
     torch.testing.assert_close(m.queries(), ref_queries(m.low_frequency))
-    m.grid = None
+    f, _ = inputs(16)
+    torch.testing.assert_close(m(f, 1), ref_fada(m, f, (4, 4), 1))  # without a grid: square
     with pytest.raises(ValueError, match="cannot lay"):
         m(torch.randn(B, 12, C, dtype=torch.float64), 0)
 
 
-def test_fada_records_the_grid_on_attach() -> None:
-    model = tiny(TINY[0])
-    backbone = StandIn(model)
-    adapter = FADAAdapter(2, 64, num_tokens=M, rank=R, query_dim=DQ)
-    adapter.attach(backbone)
-    out = backbone(torch.randn(1, 3, 64, 48), adapter)  # a 4×3 grid: not square, odd width
-    assert adapter.grid == (4, 3) and out.shape == (1, 1 + 12, 64)
+def test_the_backbone_hands_the_adapter_its_token_grid() -> None:
+    """VisualBackbone calls adapter(tokens, layer, depth, grid) with the grid of the current input."""
+    backbone = VisualBackbone(
+        "vit_small_patch16_224", img_size=64, patch_size=16, model_kwargs=dict(depth=2, embed_dim=64, num_heads=2)
+    )
+    seen = []
+
+    class Record(Adapter):
+        def forward(self, tokens, layer, depth=None, grid=None):
+            seen.append((layer, grid, tokens.shape[1]))
+            return tokens
+
+    backbone(torch.randn(1, 3, 64, 48), Record())
+    assert seen == [(0, (4, 3), 12), (1, (4, 3), 12)]
+    fada = FADAAdapter(2, 64, num_tokens=M, rank=R, query_dim=DQ)
+    maps = backbone(torch.randn(1, 3, 64, 48), fada)  # a 4×3 grid: not square, odd width
+    assert [tuple(m.shape[-2:]) for m in maps] == [(16, 12), (8, 6), (4, 3), (2, 1)]

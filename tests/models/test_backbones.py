@@ -53,7 +53,7 @@ class Recorder(Adapter):
         self.calls: list[tuple[int, torch.Size, Tensor | None]] = []
         self.shift_layer = shift_layer
 
-    def forward(self, tokens: Tensor, layer: int, depth: Tensor | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, layer: int, depth: Tensor | None = None, grid: tuple | None = None) -> Tensor:
         self.calls.append((layer, tokens.shape, depth))
         return tokens + 1.0 if layer == self.shift_layer else tokens
 
@@ -65,7 +65,7 @@ class Scale(Adapter):
         super().__init__()
         self.scale = nn.Parameter(torch.ones(num_layers))
 
-    def forward(self, tokens: Tensor, layer: int, depth: Tensor | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, layer: int, depth: Tensor | None = None, grid: tuple | None = None) -> Tensor:
         return tokens * self.scale[layer]
 
 

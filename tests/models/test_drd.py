@@ -5,9 +5,14 @@ import torch
 import torch.nn.functional as F
 
 from src.models.decoders.drd import DepthRefinementDecoder
+from src.models.parts import ShapeSpec
 
 CHANNELS, REDUCTION = 32, 4
 SIZES = (16, 8, 4, 2)  # strides 4/8/16/32 of a 64² crop
+
+
+def levels(channels: int, n: int = 4) -> list[ShapeSpec]:
+    return [ShapeSpec(channels, 4 * 2**i) for i in range(n)]
 
 
 @pytest.fixture
@@ -48,7 +53,7 @@ def reference_paper(drd: DepthRefinementDecoder, maps: list[torch.Tensor]) -> to
 
 @pytest.mark.parametrize(("variant", "reference"), [("implemented", reference_implemented), ("paper", reference_paper)])
 def test_matches_equations_and_only_level0_changes(variant, reference, maps):
-    drd = DepthRefinementDecoder(CHANNELS, reduction=REDUCTION, variant=variant)
+    drd = DepthRefinementDecoder(levels(CHANNELS), reduction=REDUCTION, variant=variant)
     out = drd(maps)
     assert [o.shape for o in out] == [m.shape for m in maps]
     torch.testing.assert_close(out[0], reference(drd, maps))
@@ -59,14 +64,14 @@ def test_matches_equations_and_only_level0_changes(variant, reference, maps):
 
 @pytest.mark.parametrize("variant", ["implemented", "paper"])
 def test_every_parameter_gets_gradient(variant, maps):
-    drd = DepthRefinementDecoder(CHANNELS, reduction=REDUCTION, variant=variant)
+    drd = DepthRefinementDecoder(levels(CHANNELS), reduction=REDUCTION, variant=variant)
     drd(maps)[0].square().mean().backward()
     for name, p in drd.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
 def test_implemented_gate_is_shared_across_levels():
-    drd = DepthRefinementDecoder(CHANNELS, reduction=REDUCTION)
+    drd = DepthRefinementDecoder(levels(CHANNELS), reduction=REDUCTION)
     hidden = CHANNELS // REDUCTION
     gate = (CHANNELS * hidden + hidden) + (hidden * CHANNELS + CHANNELS) + (9 * CHANNELS + 1)
     assert num_params(drd) == gate + 4 * CHANNELS * CHANNELS + CHANNELS
@@ -75,12 +80,12 @@ def test_implemented_gate_is_shared_across_levels():
 @pytest.mark.parametrize(("variant", "count"), [("implemented", 4_336_705), ("paper", 4_723_968)])
 def test_full_size_parameter_count(variant, count):
     with torch.device("meta"):
-        drd = DepthRefinementDecoder(1024, variant=variant)
+        drd = DepthRefinementDecoder(levels(1024), variant=variant)
     assert num_params(drd) == count
 
 
 def test_rejects_bad_arguments(maps):
     with pytest.raises(ValueError, match="variant"):
-        DepthRefinementDecoder(CHANNELS, variant="unknown")
+        DepthRefinementDecoder(levels(CHANNELS), variant="unknown")
     with pytest.raises(ValueError, match="expected 4 maps"):
-        DepthRefinementDecoder(CHANNELS, reduction=REDUCTION)(maps[:3])
+        DepthRefinementDecoder(levels(CHANNELS), reduction=REDUCTION)(maps[:3])

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss, Mask2FormerTransformerModule
 
 from src.models.heads.mask2former import Mask2FormerHead
+from src.models.parts import ShapeSpec
 
 TINY = dict(
     hidden_dim=32,
@@ -18,13 +19,19 @@ TINY = dict(
     encoder_feedforward_dim=64,
     num_queries=10,
     train_num_points=256,
+    replace_query_feat=True,
 )
 IN_CHANNELS, BATCH, CROP, K = 64, 2, 64, 19
 
 
+def levels(channels: int) -> list[ShapeSpec]:
+    """Four maps of one width at strides 4/8/16/32, as the visual backbone states them."""
+    return [ShapeSpec(channels, stride) for stride in (4, 8, 16, 32)]
+
+
 def tiny_head(**overrides) -> Mask2FormerHead:
     torch.manual_seed(0)
-    return Mask2FormerHead(IN_CHANNELS, **{**TINY, **overrides})
+    return Mask2FormerHead(levels(IN_CHANNELS), **{**TINY, **overrides})
 
 
 @pytest.fixture
@@ -210,10 +217,10 @@ def test_bf16_autocast(maps, queries, labels):
 
 
 def test_full_size_parameter_count():
-    """SPEC §5.2: pixel decoder 6,101,440 + decoder 14,209,280 + level_embed/cls/mask MLP/querys2feat 269,076."""
+    """Method §5.2: pixel decoder 6,101,440 + decoder 14,209,280 + level_embed/cls/mask MLP/querys2feat 269,076."""
     with torch.device("meta"):
-        head = Mask2FormerHead(1024)
-        learned = Mask2FormerHead(1024, replace_query_feat=False)
+        head = Mask2FormerHead(levels(1024), replace_query_feat=True)
+        learned = Mask2FormerHead(levels(1024))
     decoder = head.transformer_module.decoder
     decoder_layers = num_params(decoder) - num_params(decoder.mask_predictor)
     assert num_params(head.pixel_decoder) == 6_101_440

@@ -1,4 +1,4 @@
-"""What trains, what is frozen, what the optimiser holds and what a checkpoint keeps (SPEC §1.3, §7.1, D10)."""
+"""What trains, what is frozen, what the optimiser holds and what a checkpoint keeps (method §1.3, §7.1, D10)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,22 @@ import hydra
 import pytest
 import torch
 
+from src.models.segmenter import apply_multipliers
 from src.utils.instantiate import build_module
 from tests.conftest import TINY, compose_config
 
 TRAINABLE_PREFIXES = ("token_adapter.", "refinement_decoder.", "mask_head.")
+
+
+def optimizer_of(module) -> torch.optim.Optimizer:
+    """The optimiser as ``configure_optimizers`` builds it: the configured factory, then the groups' multipliers."""
+    optimizer = module.optimizer_factory(module.segmenter.param_groups())
+    apply_multipliers(optimizer)
+    return optimizer
+
+
+def by_name(optimizer: torch.optim.Optimizer) -> dict[str, tuple[float, float]]:
+    return {n: (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for n in g["param_names"]}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +47,9 @@ def test_gradients_reach_exactly_the_trainable_parameters(module):
     images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 19, (2, 64, 64))
     depth = seg.depth_tokens(images)
     assert all(d.grad_fn is None and not d.requires_grad for d in depth)
-    seg.mask_head.loss(seg(images), labels)["loss"].backward()
+    losses = seg.loss(images, labels)
+    assert set(losses) >= {"loss", "loss_cross_entropy", "loss_mask", "loss_dice"}
+    losses["loss"].backward()
     got = {n for n, p in seg.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     for key in ("learnable_tokens_a", "learnable_tokens_b", "mlp_token2feat", "mlp_delta_f", "transform", "merge"):
         assert any(n.startswith(f"token_adapter.{key}") for n in got), key
@@ -50,8 +64,7 @@ def test_gradients_reach_exactly_the_trainable_parameters(module):
 
 def test_optimiser_holds_the_trainable_parameters_in_the_spec_groups(module):
     seg = module.segmenter
-    groups = seg.param_groups(lr=1e-4, weight_decay=0.05)
-    optimizer = module.optimizer_factory(groups)
+    optimizer = optimizer_of(module)
     in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert in_opt == {id(p) for p in seg.parameters() if p.requires_grad}
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(in_opt)  # no parameter twice
@@ -81,10 +94,10 @@ def test_optimiser_holds_the_trainable_parameters_in_the_spec_groups(module):
 def test_lr_mult_scales_the_named_parameters_and_keeps_the_decay_groups(module):
     """mmseg custom_keys semantics: substring match, longest key first; weight decay is unchanged."""
     seg = module.segmenter
-    base = {n: (g["lr"], g["weight_decay"]) for g in seg.param_groups(1e-4, 0.05) for n in g["param_names"]}
+    base = by_name(optimizer_of(module))
     seg.lr_mult = {"learnable_tokens": 10.0, "learnable_tokens_b": 3.0, "token_adapter": 0.5}
     try:
-        groups = seg.param_groups(1e-4, 0.05)
+        groups = optimizer_of(module).param_groups
     finally:
         seg.lr_mult = {}
     got = {n: (g["lr"], g["weight_decay"]) for g in groups for n in g["param_names"]}
@@ -103,7 +116,7 @@ def test_lr_mult_scales_the_named_parameters_and_keeps_the_decay_groups(module):
     assert {"no_decay_lr_x10", "no_decay_lr_x3", "no_decay_lr_x0.5", "decay_lr_x0.5", "decay", "no_decay"} <= names
     seg.lr_mult = {"learnable_token": 2.0, "visual_backbone.model.blocks": 5.0}  # frozen: not trainable
     with pytest.raises(ValueError, match=r"\['visual_backbone.model.blocks'\] match no trainable parameter"):
-        seg.param_groups(1e-4, 0.05)
+        seg.param_groups()
     seg.lr_mult = {}
 
 
@@ -120,7 +133,7 @@ def test_trainable_state_dict_holds_no_vfm_tensor(module):
         seg.load_trainable_state_dict({**state, "visual_backbone.model.cls_token": torch.zeros(1)})
 
 
-def test_onecycle_schedule_matches_spec(tmp_path):
+def test_onecycle_schedule_matches_the_paper_recipe(tmp_path):
     cfg = compose_config(["experiment=gta2citys"], tmp_path)
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = hydra.utils.instantiate(cfg.model.optimizer)([{"params": [param], "lr": 1e-4}])

@@ -1,4 +1,4 @@
-"""ACDC (target): `rgb_anon/<condition>/<split>/<seq>/*_rgb_anon.png` + `gt/...` (SPEC §6.1)."""
+"""ACDC (target): `rgb_anon/<condition>/<split>/<seq>/*_rgb_anon.png` + `gt/...` (docs/method.md §6.1)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,21 @@ from pathlib import Path
 
 import albumentations as A
 
-from src.data.datasets.base import Layout, LayoutDataset
+from src.data.datasets.base import Layout, LayoutDataset, OfficialSplit
 from src.data.labels import LABEL_IDS, TRAIN_IDS
 
-CONDITIONS = ("fog", "night", "rain", "snow")
+_VAL_SIZES = {"fog": 100, "night": 106, "rain": 100, "snow": 100}
+CONDITIONS = tuple(_VAL_SIZES)
 
 
 class ACDCDataset(LayoutDataset):
     """One ACDC condition; labels `*_gt_labelTrainIds.png` (else `*_gt_labelIds.png`). The protocol uses `val`."""
 
+    key = "acdc"
     default_dir = "acdc"
+    official_splits = tuple(
+        OfficialSplit(f"{c}/val", n, {"split": "val", "condition": c}) for c, n in _VAL_SIZES.items()
+    )
 
     def __init__(
         self,
@@ -38,3 +43,13 @@ class ACDCDataset(LayoutDataset):
             f"gt/{condition}/{split}",
             (("_gt_labelTrainIds.png", TRAIN_IDS), ("_gt_labelIds.png", LABEL_IDS)),
         )
+
+    @classmethod
+    def synthetic_layouts(cls, split: str) -> dict[str, Layout]:
+        """Every condition, each in its own style."""
+        return {c: cls.layout(split, c) for c in CONDITIONS}
+
+    @classmethod
+    def synthetic_stem(cls, split: str, index: int) -> str:
+        """`GOPR<seq>/GOPR<seq>_frame_<index>`, two frames per recording sequence."""
+        return f"GOPR{index // 2:04d}/GOPR{index // 2:04d}_frame_{index:06d}"

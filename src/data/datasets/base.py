@@ -3,25 +3,29 @@
 A dataset is fully described by a `Layout`: where the images are, and where their labels are in one or more raw
 encodings (in order of preference). The label of `<image_dir>/<rel><image_suffix>` is
 `<label_dir>/<rel><label_suffix>`, so pairing is a path substitution; directories are scanned recursively.
+
+Each `LayoutDataset` subclass is also the one home of its dataset's other facts: its folder under the data root,
+its official splits with their sizes (what the layout checker in `src.data.checks` verifies) and the file stems
+the generated-tree writer in `src.data.synthetic` uses to imitate its naming.
 """
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import albumentations as A
 import cv2
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from src.data.labels import LabelEncoding
-from src.data.transforms import build_test_transform, reseed
+from src.data.transforms import build_test_transform
 
 _MAX_LISTED = 5
 
@@ -39,6 +43,22 @@ class Layout:
         """The expected relative paths, for error messages and the layout checker."""
         label_globs = " or ".join(f"{self.label_dir}/**/*{suffix}" for suffix, _ in self.labels)
         return f"images {self.image_dir}/**/*{self.image_suffix} with labels {label_globs}"
+
+
+@dataclass(frozen=True)
+class OfficialSplit:
+    """One split of a dataset as the protocols read it, and its official number of (image, label) pairs.
+
+    `name` is how reports call it (`val`, `fog/val`, `val (half)`); `kwargs` are the constructor arguments besides
+    `root` that select it. An optional split (`required=False`) is only reported when absent; `hint` says how to
+    make a missing one.
+    """
+
+    name: str
+    size: int
+    kwargs: Mapping[str, str] = field(default_factory=dict)
+    required: bool = True
+    hint: str = ""
 
 
 class Sample(NamedTuple):
@@ -74,12 +94,12 @@ class SegmentationDataset(Dataset, ABC):
     """Items are dicts of a transformed image, its train-ID label and a name; subclasses provide `load`.
 
     `transform` is an albumentations pipeline called as `transform(image=rgb_uint8, mask=train_ids_uint8)`;
-    the default only normalises (no resize).
+    the default only normalises (no resize). A random (training) pipeline is reseeded per sample by
+    `src.data.sampler.SeededDataset`, so its draws do not depend on the DataLoader's workers.
     """
 
     def __init__(self, transform: A.BaseCompose | None = None) -> None:
         self.transform = transform if transform is not None else build_test_transform(scale=None)
-        self._seeded_pid: int | None = None
 
     @abstractmethod
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,33 +109,55 @@ class SegmentationDataset(Dataset, ABC):
     def name(self, index: int) -> str:
         """A name unique within the dataset (used for saved predictions)."""
 
-    def _seed_worker(self) -> None:
-        """In a DataLoader worker, reseed the transform once from torch's per-worker seed.
-
-        Forked workers inherit identical generators and would draw identical augmentations; torch's worker seed
-        differs per worker and follows the loader's generator, so runs stay reproducible.
-        """
-        info = get_worker_info()
-        if info is not None and self._seeded_pid != os.getpid():
-            reseed(self.transform, info.seed % 2**32)
-            self._seeded_pid = os.getpid()
-
-    def seed_transform(self, seed: int) -> None:
-        """Reseed the transform for the next draw; the per-worker reseed then leaves this process alone."""
-        reseed(self.transform, seed)
-        self._seeded_pid = os.getpid()
-
     def __getitem__(self, index: int) -> dict[str, Any]:
-        self._seed_worker()
         image, label = self.load(index)
         out = self.transform(image=image, mask=label)
         return {"image": out["image"], "label": torch.as_tensor(out["mask"]).long(), "name": self.name(index)}
 
 
 class LayoutDataset(SegmentationDataset):
-    """(image, label) pairs of one `Layout` under `root`, scanned at construction so errors surface early."""
+    """(image, label) pairs of one `Layout` under `root`, scanned at construction so errors surface early.
 
-    default_dir: str = ""  # the dataset's folder name under the data root (SPEC §6.1)
+    A subclass describes its dataset with class-level facts, read by the layout checker and the generated-tree
+    writer (the registry `src.data.datasets.DATASETS` lists the subclasses):
+
+    - `key`: the dataset's name in checks and generated-data kinds (`gta5`, `cityscapes`, ...);
+    - `default_dir`: its folder under the data root (docs/method.md §6.1), e.g. `gta` for GTA5;
+    - `official_splits`: the splits the protocols read, with their official sizes (the layout-check entries);
+    - `layout(...)`: a static method giving the `Layout` of one split (its arguments are the constructor's);
+    - `synthetic_kinds()`, `synthetic_splits`, `synthetic_layouts(split, **variant)`, `synthetic_stem(split, i)`,
+      `palette_labels`: what the writer in `src.data.synthetic` generates in the dataset's real naming.
+    """
+
+    key: ClassVar[str] = ""
+    default_dir: ClassVar[str] = ""
+    official_splits: ClassVar[tuple[OfficialSplit, ...]] = ()
+    has_splits: ClassVar[bool] = True
+    """False for a dataset read whole (GTA5): the writer then ignores requested splits."""
+    synthetic_splits: ClassVar[tuple[str, ...]] = ("val",)
+    """Splits the writer generates when none are asked for."""
+    palette_labels: ClassVar[bool] = False
+    """Whether the raw label PNGs ship as palette images (GTA5), which the writer then imitates."""
+
+    @staticmethod
+    def layout(*args: Any, **kwargs: Any) -> Layout:
+        """The `Layout` of one split; each subclass takes its constructor's split arguments (`split`, ...)."""
+        raise NotImplementedError
+
+    @classmethod
+    def synthetic_kinds(cls) -> dict[str, dict[str, str]]:
+        """Generated-data kind -> `layout` keyword arguments of that variant; one kind named `key` by default."""
+        return {cls.key: {}}
+
+    @classmethod
+    def synthetic_layouts(cls, split: str, **variant: str) -> dict[str, Layout]:
+        """Generator domain (the style of `make_sample`) -> layout the writer fills with every label it lists."""
+        return {cls.key: cls.layout(split, **variant)}
+
+    @classmethod
+    def synthetic_stem(cls, split: str, index: int) -> str:
+        """Relative path without suffix of generated sample `index` of `split`, in the dataset's real naming."""
+        raise NotImplementedError
 
     def __init__(self, root: str | Path, layout: Layout, transform: A.BaseCompose | None = None) -> None:
         super().__init__(transform)

@@ -1,4 +1,4 @@
-"""Mapillary Vistas v1.2 (target): the halved train-ID copy, or the raw 66-class release (SPEC §6.1, §6.2)."""
+"""Mapillary Vistas v1.2 (target): the halved train-ID copy, or the raw 66-class release (docs/method.md §6.1, §6.2)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import albumentations as A
 
-from src.data.datasets.base import Layout, LayoutDataset
+from src.data.datasets.base import Layout, LayoutDataset, OfficialSplit
 from src.data.labels import MAPILLARY_V12, TRAIN_IDS
 
 _RAW_SPLITS = {"val": "validation", "train": "training"}
@@ -19,7 +19,17 @@ class MapillaryDataset(LayoutDataset):
     than a fallback because it changes the label resolution the metric is computed at.
     """
 
+    key = "mapillary"
     default_dir = "mapillary"
+    official_splits = (
+        OfficialSplit(
+            "val (half)",
+            2_000,
+            {"split": "val", "variant": "half"},
+            hint="make it from the raw release with scripts/prepare_mapillary.py",
+        ),
+        OfficialSplit("val (raw v1.2, optional)", 2_000, {"split": "val", "variant": "raw"}, required=False),
+    )
 
     def __init__(
         self,
@@ -38,3 +48,12 @@ class MapillaryDataset(LayoutDataset):
             raw = _RAW_SPLITS[split]
             return Layout(f"{raw}/images", ".jpg", f"{raw}/v1.2/labels", ((".png", MAPILLARY_V12),))
         raise ValueError(f"Mapillary variant must be 'half' or 'raw', got {variant!r}")
+
+    @classmethod
+    def synthetic_kinds(cls) -> dict[str, dict[str, str]]:
+        """`mapillary` (the halved train-ID copy) and `mapillary_raw` (the 66-class v1.2 release)."""
+        return {"mapillary": {"variant": "half"}, "mapillary_raw": {"variant": "raw"}}
+
+    @classmethod
+    def synthetic_stem(cls, split: str, index: int) -> str:
+        return f"{split}{index:06d}_synthetic"

@@ -42,21 +42,15 @@ def keep_ratio_size(height: int, width: int, scale: tuple[int, int]) -> tuple[in
 
 
 class RandomShortEdgeResize(A.DualTransform):
-    """mmseg RandomChoiceResize + ResizeShortestEdge: the short edge becomes one of `short_edges` (uniform)."""
+    """mmseg RandomChoiceResize + ResizeShortestEdge: the short edge becomes one of `short_edges` (uniform).
 
-    def __init__(
-        self,
-        short_edges: Sequence[int],
-        max_long_edge: int | None = 2048,
-        interpolation: int = cv2.INTER_LINEAR,
-        mask_interpolation: int = cv2.INTER_NEAREST,
-        p: float = 1.0,
-    ) -> None:
+    Bilinear for the image, nearest for the label.
+    """
+
+    def __init__(self, short_edges: Sequence[int], max_long_edge: int | None = 2048, p: float = 1.0) -> None:
         super().__init__(p=p)
         self.short_edges = tuple(int(s) for s in short_edges)
         self.max_long_edge = max_long_edge
-        self.interpolation = interpolation
-        self.mask_interpolation = mask_interpolation
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         height, width = params["shape"][:2]
@@ -64,14 +58,14 @@ class RandomShortEdgeResize(A.DualTransform):
         return {"size": short_edge_size(height, width, short_edge, self.max_long_edge)}
 
     def apply(self, img: np.ndarray, size: tuple[int, int], **params: Any) -> np.ndarray:
-        return cv2.resize(img, (size[1], size[0]), interpolation=self.interpolation)
+        return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
     def apply_to_mask(self, mask: np.ndarray, size: tuple[int, int], **params: Any) -> np.ndarray:
-        return cv2.resize(mask, (size[1], size[0]), interpolation=self.mask_interpolation)
+        return cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
 
 
 class CatMaxRatioCrop(A.DualTransform):
-    """mmseg RandomCrop with cat_max_ratio: avoid crops dominated by one class (SPEC §6.3 step 3).
+    """mmseg RandomCrop with cat_max_ratio: avoid crops dominated by one class (docs/method.md §6.3 step 3).
 
     A window is accepted when it holds more than one non-ignore class and the most frequent one covers less than
     `cat_max_ratio` of the non-ignore pixels. As in mmseg, the first draw is checked, and after each rejection a
@@ -80,20 +74,12 @@ class CatMaxRatioCrop(A.DualTransform):
     """
 
     def __init__(
-        self,
-        height: int = 512,
-        width: int = 512,
-        cat_max_ratio: float = 0.75,
-        max_attempts: int = 10,
-        ignore_index: int = IGNORE_INDEX,
-        p: float = 1.0,
+        self, height: int = 512, width: int = 512, cat_max_ratio: float = 0.75, max_attempts: int = 10, p: float = 1.0
     ) -> None:
         super().__init__(p=p)
-        self.height = height
-        self.width = width
+        self.height, self.width = height, width
         self.cat_max_ratio = cat_max_ratio
         self.max_attempts = max_attempts
-        self.ignore_index = ignore_index
 
     @property
     def targets_as_params(self) -> list[str]:
@@ -106,9 +92,9 @@ class CatMaxRatioCrop(A.DualTransform):
         return y1, min(y1 + self.height, height), x1, min(x1 + self.width, width)
 
     def accepts(self, label: np.ndarray) -> bool:
-        """The cat_max_ratio rule on a label window."""
+        """The cat_max_ratio rule on a label window (`IGNORE_INDEX` pixels do not count)."""
         values, counts = np.unique(label, return_counts=True)
-        counts = counts[values != self.ignore_index]
+        counts = counts[values != IGNORE_INDEX]
         return len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
@@ -132,16 +118,16 @@ class CatMaxRatioCrop(A.DualTransform):
 
 
 class KeepRatioResize(A.ImageOnlyTransform):
-    """Test-time resize of the image only into `scale` = (w_max, h_max), keeping the aspect ratio (SPEC §6.4).
+    """Test-time bilinear resize of the image only into `scale` = (w_max, h_max), keeping the aspect ratio
+    (docs/method.md §6.4).
 
     Image-only because evaluation compares with the label at its original resolution.
     """
 
-    def __init__(self, scale: tuple[int, int], interpolation: int = cv2.INTER_LINEAR, p: float = 1.0) -> None:
+    def __init__(self, scale: tuple[int, int], p: float = 1.0) -> None:
         super().__init__(p=p)
         self.scale = (int(scale[0]), int(scale[1]))
-        self.interpolation = interpolation
 
     def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
         height, width = keep_ratio_size(img.shape[0], img.shape[1], self.scale)
-        return cv2.resize(img, (width, height), interpolation=self.interpolation)
+        return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)

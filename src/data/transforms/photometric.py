@@ -14,27 +14,22 @@ import albumentations as A
 import cv2
 import numpy as np
 
+# mmseg's defaults, which the protocol uses
+BRIGHTNESS_DELTA = 32
+CONTRAST_RANGE = (0.5, 1.5)
+SATURATION_RANGE = (0.5, 1.5)
+HUE_DELTA = 18
+
 
 def _convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
     return np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
 
 
 class PhotoMetricDistortion(A.ImageOnlyTransform):
-    """Random brightness, contrast, saturation and hue on a uint8 RGB image, mmseg semantics."""
+    """Random brightness, contrast, saturation and hue on a uint8 RGB image, mmseg semantics and default ranges."""
 
-    def __init__(
-        self,
-        brightness_delta: int = 32,
-        contrast_range: tuple[float, float] = (0.5, 1.5),
-        saturation_range: tuple[float, float] = (0.5, 1.5),
-        hue_delta: int = 18,
-        p: float = 1.0,
-    ) -> None:
+    def __init__(self, p: float = 1.0) -> None:
         super().__init__(p=p)
-        self.brightness_delta = brightness_delta
-        self.contrast_range = tuple(contrast_range)
-        self.saturation_range = tuple(saturation_range)
-        self.hue_delta = hue_delta
 
     def get_params(self) -> dict[str, Any]:
         """Draw every gate and value up front; None means the op is skipped."""
@@ -43,11 +38,11 @@ class PhotoMetricDistortion(A.ImageOnlyTransform):
         def gated(draw: Any) -> Any:
             return draw() if rng.random() < 0.5 else None
 
-        brightness = gated(lambda: rng.uniform(-self.brightness_delta, self.brightness_delta))
+        brightness = gated(lambda: rng.uniform(-BRIGHTNESS_DELTA, BRIGHTNESS_DELTA))
         contrast_first = rng.random() < 0.5
-        contrast = gated(lambda: rng.uniform(*self.contrast_range))
-        saturation = gated(lambda: rng.uniform(*self.saturation_range))
-        hue = gated(lambda: rng.randint(-self.hue_delta, self.hue_delta - 1))
+        contrast = gated(lambda: rng.uniform(*CONTRAST_RANGE))
+        saturation = gated(lambda: rng.uniform(*SATURATION_RANGE))
+        hue = gated(lambda: rng.randint(-HUE_DELTA, HUE_DELTA - 1))
         return {
             "brightness": brightness,
             "contrast_first": contrast_first,

@@ -1,9 +1,9 @@
-"""Train and test pipelines (SPEC §6.3, §6.4) as Hydra-callable factories, and per-worker reseeding.
+"""Train and test pipelines (docs/method.md §6.3, §6.4) as Hydra-callable factories, and their reseeding.
 
 Inputs are RGB uint8 images and uint8 train-ID labels; outputs are a normalised float (3, h, w) image tensor and
 a uint8 label tensor. albumentations 2.x seeds every transform of a `Compose` with the same seed, which makes
-their draws correlated; `reseed` gives all transforms one shared generator instead (datasets also use it to
-reseed each DataLoader worker).
+their draws correlated; `reseed` gives all transforms one shared generator instead (`src.data.sampler.SeededDataset`
+also uses it to reseed the training pipeline before every sample).
 """
 
 from __future__ import annotations
@@ -46,19 +46,19 @@ def build_train_transform(
     ratios: Sequence[float] = DEFAULT_RATIOS,
     max_long_edge: int = 2048,
     cat_max_ratio: float = 0.75,
-    max_attempts: int = 10,
     flip_prob: float = 0.5,
     photometric: bool = True,
     seed: int | None = None,
 ) -> A.Compose:
-    """SPEC §6.3: short-edge choice, cat-ratio crop, flip, photometric distortion, normalise, pad, to tensor.
+    """docs/method.md §6.3: short-edge choice, cat-ratio crop, flip, photometric distortion, normalise, pad, tensor.
 
-    `crop_size` is the side of a square crop (the paper's 512) or (height, width).
+    `crop_size` is the side of a square crop (the paper's 512) or (height, width). `flip_prob` and `photometric`
+    let tests isolate steps; the configs keep their defaults. Padding fills the label with `IGNORE_INDEX`.
     """
     crop_h, crop_w = (crop_size, crop_size) if isinstance(crop_size, int) else (int(crop_size[0]), int(crop_size[1]))
     transforms: list[A.BasicTransform] = [
         RandomShortEdgeResize(short_edge_choices(base_size, ratios), max_long_edge=max_long_edge),
-        CatMaxRatioCrop(crop_h, crop_w, cat_max_ratio=cat_max_ratio, max_attempts=max_attempts),
+        CatMaxRatioCrop(crop_h, crop_w, cat_max_ratio=cat_max_ratio),
         A.HorizontalFlip(p=flip_prob),
     ]
     if photometric:

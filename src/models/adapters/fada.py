@@ -12,7 +12,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from src.models.adapters.base import Adapter
 from src.models.adapters.rein import ReinAdapter

@@ -103,11 +103,15 @@ class DepthBackbone(nn.Module):
 
     @staticmethod
     def _load(pretrained: str, cache_dir: str | None, local_files_only: bool) -> PreTrainedModel:
+        from src.models import weights  # the checks that tell a damaged weight file from other failures
+
         what = f"depth model {pretrained!r}"
+        folder: Path | None = None
         if not _looks_like_path(pretrained):
             source, fetch = f"the hub id {pretrained!r}", f"--hf {pretrained}"
         elif Path(pretrained).expanduser().is_dir():
-            pretrained, source, fetch = str(Path(pretrained).expanduser()), "a local directory", "--hf <hub id>"
+            folder = Path(pretrained).expanduser()
+            pretrained, source, fetch = str(folder), "a local directory", "--hf <hub id>"
         else:
             reason = "no such directory (expected the output of `save_pretrained`)"
             raise missing_weights(what, "a local directory", "--hf <hub id>", reason, cache_dir)
@@ -115,8 +119,22 @@ class DepthBackbone(nn.Module):
             return AutoModelForDepthEstimation.from_pretrained(
                 pretrained, attn_implementation=dict(_ATTN), cache_dir=cache_dir, local_files_only=local_files_only
             )
-        except OSError as err:  # offline cache miss, no network, unknown repo, incomplete directory
-            raise missing_weights(what, source, fetch, err, cache_dir) from err
+        except Exception as err:  # transformers fails deep inside on a damaged file: find out whether it is one
+            snapshot = folder if folder is not None else weights.hub_snapshot(pretrained, cache_dir)
+            found = weights.folder_problem(snapshot) if snapshot is not None else None
+            if found is not None:
+                download = f"`python {weights.DOWNLOAD_SCRIPT} {fetch} --cache-dir <dir>`"
+                if folder is not None:
+                    fix = (
+                        "copy the complete directory again (or write it again with `save_pretrained`), or fetch "
+                        f"the hub model with {download} and set pretrained=<hub id>"
+                    )
+                else:
+                    fix = f"delete the damaged cache entry {snapshot.parent.parent} and fetch it again with {download}"
+                raise weights.corrupt_weights(what, found[0], found[1], fix) from err
+            if isinstance(err, OSError):  # offline cache miss, no network, unknown repo, incomplete directory
+                raise missing_weights(what, source, fetch, err, cache_dir) from err
+            raise
 
     def train(self, mode: bool = True) -> DepthBackbone:
         """The depth VFM never trains (SPEC D1): stay in eval mode whatever the trainer asks."""

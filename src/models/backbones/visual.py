@@ -167,14 +167,16 @@ class VisualBackbone(nn.Module):
             # model then resamples both in forward for any input size (API-NOTES §2).
             kwargs["img_size"] = img_size
         kwargs |= dict(model_kwargs or {})
-        from src.models import weights  # the file checks for damaged weights (imported here: only errors need them)
+        from src.models import weights  # the checks that tell a damaged weight file from other failures
 
         what, fetch = f"timm model {model_name!r}", f"--timm {model_name}"
         download = f"`python {weights.DOWNLOAD_SCRIPT} {fetch} --cache-dir <dir>`"
         if checkpoint_path is not None:
             path = Path(checkpoint_path).expanduser()
             if not path.is_file():
-                reason = "a directory, not a weight file (.safetensors, .pth, .bin)" if path.is_dir() else "no such file"
+                reason = (
+                    "a directory, not a weight file (.safetensors, .pth, .bin)" if path.is_dir() else "no such file"
+                )
                 raise missing_weights(what, f"local file {str(path)!r}", fetch, reason, cache_dir)
             try:
                 return _create(model_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)

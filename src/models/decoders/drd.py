@@ -7,7 +7,8 @@ and add the result to X₀ only (method D4). They differ in the per-level transf
 - ``"implemented"`` (default, method §4.1, the authors' ``DynamicQueryCorrectionModule``): one attention gate shared
   by all levels — a pixel-wise channel gate σ(W₂ ReLU(W₁ X)) then a 3×3 spatial gate σ(conv(X)), each multiplied
   onto X. 4,336,705 parameters at C = 1024.
-- ``"paper"`` (method §4.2, the paper's Eq. 7–8 as we read them): a separate FC → FC → ReLU per level, the two FCs being 1×1
+- ``"paper"`` (method §4.2, the paper's Eq. 7–8 as we read them): a separate FC → FC → ReLU per level, the two
+  FCs being 1×1
   convs C → C/r → C with no activation in between (the text puts the ReLU after both). The fused map is added
   to X₀ as in the code, so that the two variants differ only in the per-level transform. 4,723,968 parameters
   at C = 1024.

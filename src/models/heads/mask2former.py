@@ -1,10 +1,11 @@
-"""Mask2Former head (docs/method.md §5, D3) assembled from transformers' Mask2Former modules, with token-derived queries.
+"""Mask2Former head (docs/method.md §5, D3) from transformers' Mask2Former modules, with token-derived queries.
 
 transformers supplies the MSDeformAttn pixel decoder, the masked-attention decoder (with its mask predictor and
 attention-mask thresholding), the Hungarian matcher and the point-sampled losses. This file adds what DepthForge
 changes or HF keeps outside those modules: the queries (learned, or REIN/DepthForge's token-derived ones,
-``replace_query_feat``, set by the segmenter from the adapter's ``provides_queries``), the class predictor, semantic-segmentation targets, the loss weighting and method §5.4's
-semantic map. ``docs/head.md`` lists the remaining differences from the mmdet head.
+``replace_query_feat``, set by the segmenter from the adapter's ``provides_queries``), the class predictor,
+semantic-segmentation targets, the loss weighting and method §5.4's semantic map. ``docs/head.md`` lists the remaining
+differences from the mmdet head.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from transformers.models.mask2former.modeling_mask2former import (
 
 from src.data.labels import IGNORE_INDEX
 from src.models.parts import ShapeSpec, norm_parameter_names
+
 
 @dataclass
 class HeadOutput:
@@ -282,7 +284,7 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
 
     @staticmethod
     def semantic_map(output: HeadOutput, size: tuple[int, int]) -> torch.Tensor:
-        """Method §5.4: Σ_q softmax(cls_q)[:K] · σ(mask_q) of the final stage at ``size`` → (B, K, H, W) probabilities."""
+        """Method §5.4: Σ_q softmax(cls_q)[:K] · σ(mask_q) of the final stage at ``size`` → (B, K, H, W)."""
         with torch.autocast(output.mask_logits[-1].device.type, enabled=False):
             masks = F.interpolate(output.mask_logits[-1].float(), size=size, mode="bilinear", align_corners=False)
             class_probs = output.class_logits[-1].float().softmax(-1)[..., :-1]
