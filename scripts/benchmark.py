@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     h, w = (512, 1024) if not args.tiny else (64, 128)
     image = torch.randn(1, 3, h, w, device=device)
 
-    def infer() -> None:  # the module's sliding windows (SPEC §6.6), all windows of the image in one batch
+    def infer() -> None:  # the module's sliding windows (docs/method.md §6.6), all windows of the image in one batch
         with autocast():
             slide_inference(seg.predict, image, seg.num_classes, **module.slide)
 

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.models.weights import offline_env_lines, timm_weight_source  # noqa: E402
 
-#: The weights of the default DepthForge setting (SPEC D1/D2).
+#: The weights of the default DepthForge setting (docs/method.md D1/D2).
 PRESETS: dict[str, dict[str, list[str]]] = {
     "depthforge": {
         "timm": ["vit_large_patch14_dinov2.lvd142m"],

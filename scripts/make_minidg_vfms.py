@@ -6,8 +6,11 @@
 2. pretrains the visual ViT (SimMIM) and the Depth Anything model (depth regression) in two processes with one
    thread each;
 3. saves --out/visual_vit/model.safetensors (timm) and --out/depth_anything/ (save_pretrained), each with a
-   pretrain_log.json, after checking that timm's local-file loading and `from_pretrained(local_files_only=True)`
-   reproduce the trained models exactly.
+   pretrain_log.json, after checking that the segmenter's backbones, built from conf/model/backbone/minidg_vit.yaml
+   and conf/model/depth/minidg_depth.yaml (timm's local-file loading, `from_pretrained(local_files_only=True)`),
+   reproduce the trained models' tokens exactly.
+
+Both models are built and trained through the project's backbones (src/minidg/vfms.py).
 """
 
 from __future__ import annotations

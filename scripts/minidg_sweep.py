@@ -8,7 +8,8 @@ process; `--jobs` runs go in parallel. On Linux the processes are forks of this 
 training stack once, so the runs do not each pay the ~15 s of imports (`--no-fork` starts fresh interpreters, the
 default elsewhere). The data is written once first. The table (mean ± std over seeds of the final validation mIoU
 per domain, and the mean over the shifted domains) is printed and written to <out>/results.md with the command,
-the wall time and the CPU time of all processes.
+the wall time and the CPU time of all processes. The domains and the mean are the runs' own: each run's
+`val/<domain>/mIoU` and `val/mean_mIoU` (over its `data.mean_domains`), as `src.train` logs them.
 """
 
 from __future__ import annotations
@@ -41,17 +42,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import hydra  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import src.train  # noqa: E402,F401  (the whole training stack, imported once and inherited by the forked runs)
-from src.minidg.analysis import format_attention_table, token_attention  # noqa: E402
-from src.utils.instantiate import build_module  # noqa: E402
+from src.minidg.analysis import format_attention_table, load_run, token_attention  # noqa: E402
 
-DOMAINS = ("day", "night", "fog", "snow")
-SHIFTED = ("night", "fog", "snow")
+MEAN = "mean"
+"""The key of a run's `val/mean_mIoU` in `final_metrics`."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -169,47 +169,47 @@ def run_all(jobs: list[tuple[str, int]], args: argparse.Namespace) -> list[tuple
 
 
 def final_metrics(run_dir: Path) -> dict[str, float]:
-    """The last validation row of the run's CSV log: mIoU per domain."""
+    """The last validation row of the run's CSV log: mIoU per domain of the run's config (`data.targets`), and
+    under `MEAN` the run's own mean over its `data.mean_domains`."""
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     rows = [r for r in csv.DictReader(next((run_dir / "csv").rglob("metrics.csv")).open()) if r.get("val/mean_mIoU")]
-    return {d: float(rows[-1][f"val/{d}/mIoU"]) for d in DOMAINS}
+    return {**{d: float(rows[-1][f"val/{d}/mIoU"]) for d in cfg.data.targets}, MEAN: float(rows[-1]["val/mean_mIoU"])}
 
 
 def attention_report(method: str, seed: int, args: argparse.Namespace) -> dict[str, list[float]] | None:
     """Token-attention statistics of a finished run (src.minidg.analysis.token_attention); None without tokens."""
-    segmenter = build_module(compose_run(method, seed, args)).segmenter
+    segmenter = load_run(args.out / f"{method}_seed{seed}").segmenter
     if not hasattr(segmenter.token_adapter, "attention"):
         return None
-    checkpoint = torch.load(
-        args.out / f"{method}_seed{seed}" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
-    )
-    segmenter.load_trainable_state_dict({k.removeprefix("segmenter."): v for k, v in checkpoint["state_dict"].items()})
     return token_attention(segmenter)
 
 
-def table(results: list[tuple[str, int, dict[str, float], float]], methods: list[str]) -> str:
+def table(results: list[tuple[str, int, dict[str, float], float]], methods: list[str], mean_domains: list[str]) -> str:
+    """Per method, mean ± std over seeds of each domain's mIoU and of the runs' own mean over the shifted domains
+    (``mean_domains``, named in the header); then one row per run."""
+
     def cell(values: list[float]) -> str:
         return (
             f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
         )
 
+    domains = [d for d in results[0][2] if d != MEAN]
     lines = [
-        "| method | seeds | " + " | ".join(DOMAINS) + " | mean shifted (night, fog, snow) |",
-        "|---|---|" + "---|" * (len(DOMAINS) + 1),
+        "| method | seeds | " + " | ".join(domains) + f" | mean shifted ({', '.join(mean_domains)}) |",
+        "|---|---|" + "---|" * (len(domains) + 1),
     ]
     for method in methods:
         runs = [r for r in results if r[0] == method]
-        per_domain = [cell([r[2][d] for r in runs]) for d in DOMAINS]
-        shifted = cell([statistics.mean(r[2][d] for d in SHIFTED) for r in runs])
-        lines.append(f"| {method} | {len(runs)} | " + " | ".join(per_domain) + f" | **{shifted}** |")
+        cells = [cell([r[2][d] for r in runs]) for d in (*domains, MEAN)]
+        lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells[:-1]) + f" | **{cells[-1]}** |")
     lines += [
         "",
-        "| method | seed | " + " | ".join(DOMAINS) + " | mean shifted | wall (s) |",
-        "|---|---|" + "---|" * (len(DOMAINS) + 2),
+        "| method | seed | " + " | ".join(domains) + " | mean shifted | wall (s) |",
+        "|---|---|" + "---|" * (len(domains) + 2),
     ]
     for method, seed, m, wall in sorted(results, key=lambda r: (methods.index(r[0]), r[1])):
-        shifted = statistics.mean(m[d] for d in SHIFTED)
         lines.append(
-            f"| {method} | {seed} | " + " | ".join(f"{m[d]:.1f}" for d in DOMAINS) + f" | {shifted:.1f} | {wall:.0f} |"
+            f"| {method} | {seed} | " + " | ".join(f"{m[d]:.1f}" for d in (*domains, MEAN)) + f" | {wall:.0f} |"
         )
     return "\n".join(lines)
 
@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     prepare_data(args)  # once, before the parallel runs (which then find it up to date)
+    mean_domains = list(compose_run(args.methods[0], args.seeds[0], args).data.mean_domains)
     jobs = [(m, s) for s in args.seeds for m in args.methods]
     results = run_all(jobs, args)
     wall = time.time() - STARTED
@@ -229,9 +230,9 @@ def main(argv: list[str] | None = None) -> None:
         [Path(sys.executable).name, "scripts/minidg_sweep.py", *(argv if argv is not None else sys.argv[1:])]
     )
     report = (
-        f"{table(results, args.methods)}\n\nCommand: `{command}` — {len(jobs)} runs, {args.jobs} in parallel "
-        f"(one thread each): {wall / 60:.1f} min wall and {cpu} (user + system time of the sweep "
-        "process and all its runs, imports and the data check included; the analysis below is not).\n"
+        f"{table(results, args.methods, mean_domains)}\n\nCommand: `{command}` — {len(jobs)} runs, "
+        f"{args.jobs} in parallel (one thread each): {wall / 60:.1f} min wall and {cpu} (user + system time of the "
+        "sweep process and all its runs, imports and the data check included; the analysis below is not).\n"
     )
     if args.attention:
         stats = {m: attention_report(m, args.seeds[0], args) for m in args.methods}

@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
-    """A data root holding every dataset of SPEC §6.1 in its real layout (2 small images per split)."""
+    """A data root holding every dataset of docs/method.md §6.1 in its real layout (2 small images per split)."""
     root = tmp_path_factory.mktemp("data")
     for kind in KINDS:
         if kind != "mapillary_raw":

@@ -36,12 +36,17 @@ class Entry:
     hint: str = ""
 
 
-ENTRIES: tuple[Entry, ...] = tuple(
-    Entry(cls.key, s.name, cls.default_dir, partial(cls, **s.kwargs), s.size, s.required, s.hint)
-    for cls in _CLASSES.values()
-    for s in cls.official_splits
-)
-"""Every official split of every registered dataset class (`LayoutDataset.official_splits`)."""
+def entries() -> tuple[Entry, ...]:
+    """Every official split of every registered dataset class (`LayoutDataset.official_splits`), added ones too."""
+    return tuple(
+        Entry(cls.key, s.name, cls.default_dir, partial(cls, **s.kwargs), s.size, s.required, s.hint)
+        for cls in _CLASSES.values()
+        for s in cls.official_splits
+    )
+
+
+ENTRIES = entries()
+"""The entries of the datasets shipped with the package."""
 DATASETS = tuple(dict.fromkeys(e.dataset for e in ENTRIES))
 
 
@@ -114,7 +119,8 @@ def check_entry(entry: Entry, data_root: str | Path, samples: int = 20, full: bo
 
 
 def check_data_root(
-    data_root: str | Path, datasets: tuple[str, ...] = DATASETS, samples: int = 20, full: bool = False
+    data_root: str | Path, datasets: tuple[str, ...] | None = None, samples: int = 20, full: bool = False
 ) -> list[Result]:
-    """Check every entry of the chosen datasets under `data_root` (`data/` holding gta, cityscapes, ...)."""
-    return [check_entry(e, data_root, samples, full) for e in ENTRIES if e.dataset in datasets]
+    """Check every entry of the chosen datasets (default: all registered) under `data_root` (`data/` holding gta,
+    cityscapes, ...)."""
+    return [check_entry(e, data_root, samples, full) for e in entries() if datasets is None or e.dataset in datasets]

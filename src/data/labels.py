@@ -1,4 +1,4 @@
-"""The 19 Cityscapes train IDs and the lookup tables that map every raw label encoding onto them (SPEC §6.2).
+"""The 19 Cityscapes train IDs and the lookup tables that map every raw label encoding onto them (docs/method.md §6.2).
 
 Each raw encoding is a `LabelEncoding`: a 256-entry uint8 table (raw value -> train ID, 255 = ignore) plus the set
 of raw values the encoding defines, so that a checker can tell "mapped to ignore on purpose" from "not a value of
@@ -51,7 +51,7 @@ MAPILLARY_V12_CLASSES: tuple[str, ...] = (
 )  # fmt: skip
 """Mapillary Vistas v1.2 readable class names, index = the value in the label PNGs."""
 
-# SPEC §6.2 rules 2-7: substring -> train ID, tested in this order after the exact-name rule.
+# docs/method.md §6.2 rules 2-7: substring -> train ID, tested in this order after the exact-name rule.
 _MAPILLARY_SUBSTRING_RULES: tuple[tuple[tuple[str, ...], int], ...] = (
     (("trafficsign", "front", "back"), 7),
     (("onrail",), 16),
@@ -70,7 +70,7 @@ _CITYSCAPES_KEYS = {_squash(n): i for i, n in enumerate(CLASS_NAMES)}
 
 
 def mapillary_train_id(name: str) -> int:
-    """Train ID of a Mapillary class name by the DF converter's name rule (SPEC §6.2 rules 1-8)."""
+    """Train ID of a Mapillary class name by the DF converter's name rule (docs/method.md §6.2 rules 1-8)."""
     key = _squash(name)
     if key in _CITYSCAPES_KEYS:
         return _CITYSCAPES_KEYS[key]

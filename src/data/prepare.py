@@ -1,4 +1,4 @@
-"""Offline conversions of raw downloads into the layouts the protocol reads (SPEC §6.2).
+"""Offline conversions of raw downloads into the layouts the protocol reads (docs/method.md §6.2).
 
 GTA5: raw palette label-ID PNGs -> `*_labelTrainIds.png` beside them (optional: the dataset maps raw labels on the
 fly, the converted files only save that lookup). Mapillary v1.2 val: 66 classes -> train IDs, then image and label

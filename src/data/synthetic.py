@@ -20,13 +20,17 @@ from src.data.datasets import DATASETS, Layout, LayoutDataset
 from src.data.datasets.synthetic import make_sample, stable_seed
 from src.data.labels import IGNORE_INDEX, NUM_CLASSES, PALETTE, LabelEncoding
 
-_KINDS: dict[str, tuple[type[LayoutDataset], dict[str, str]]] = {
-    kind: (cls, variant) for cls in DATASETS.values() for kind, variant in cls.synthetic_kinds().items()
-}
-KINDS = tuple(_KINDS)
-"""The kinds `write_dataset` writes: each dataset's `key`, and `mapillary_raw` for the raw Mapillary release."""
-DATASET_DIRS = {kind: cls.default_dir for kind, (cls, _) in _KINDS.items()}
-"""Folder of each kind under a data root (`data/gta`, `data/cityscapes`, ...)."""
+
+def dataset_kinds() -> dict[str, tuple[type[LayoutDataset], dict[str, str]]]:
+    """Every kind `write_dataset` writes (a dataset's `key`, and variants such as `mapillary_raw`) -> its class and
+    `layout` keyword arguments, over the registered dataset classes (added ones included)."""
+    return {kind: (cls, variant) for cls in DATASETS.values() for kind, variant in cls.synthetic_kinds().items()}
+
+
+KINDS = tuple(dataset_kinds())
+"""The kinds of the datasets shipped with the package: each dataset's `key`, and `mapillary_raw`."""
+DATASET_DIRS = {kind: cls.default_dir for kind, (cls, _) in dataset_kinds().items()}
+"""Folder of each shipped kind under a data root (`data/gta`, `data/cityscapes`, ...)."""
 
 
 def _inverse_lut(encoding: LabelEncoding) -> np.ndarray:
@@ -91,9 +95,10 @@ def write_dataset(
     `mapillary_raw` (v1.2 66-class release), `acdc` (all four conditions, `<seq>` folders). Other splits default to
     `val`; each dataset class's `synthetic_*` members say what exactly is written.
     """
-    if kind not in _KINDS:
-        raise ValueError(f"unknown dataset kind {kind!r}; one of {KINDS}")
-    cls, variant = _KINDS[kind]
+    kinds = dataset_kinds()
+    if kind not in kinds:
+        raise ValueError(f"unknown dataset kind {kind!r}; one of {tuple(kinds)}")
+    cls, variant = kinds[kind]
     root = Path(root)
     splits = tuple(splits or cls.synthetic_splits) if cls.has_splits else cls.synthetic_splits
     for split in splits:
@@ -113,5 +118,5 @@ def write_dg_benchmark(
     """A data root with a source and target datasets in their usual folders (default: Cityscapes -> ACDC)."""
     root = Path(root)
     for kind in kinds:
-        write_dataset(kind, root / DATASET_DIRS[kind], num_images, size, seed)
+        write_dataset(kind, root / dataset_kinds()[kind][0].default_dir, num_images, size, seed)
     return root

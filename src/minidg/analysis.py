@@ -7,26 +7,26 @@ unchanged. The visual tokens are the raw block outputs the adapters see; the dep
 (pre-layernorm) Depth Anything backbone block outputs on the resized input, as the depth backbone yields them.
 
     python -m src.minidg.analysis --assets assets/minidg --num-scenes 150
+    python -m src.minidg.analysis --runs logs/minidg_sweep/rein_seed0   # + a trained run's token attention
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from src.minidg.dataset import test_scene
-from src.minidg.pretrain import (
-    create_visual_vfm,
-    depth_block_tokens,
-    load_depth_vfm,
-    normalize,
-    visual_block_tokens,
-)
 from src.minidg.styles import TARGET_STYLES
+from src.minidg.vfms import depth_block_tokens, depth_vfm, normalize, visual_block_tokens, visual_vfm
+from src.models.module import SegmentationModule
+from src.predict import load_weights
+from src.utils.instantiate import build_module
 
 
 def domain_images(num_scenes: int, seed: int = 0) -> dict[str, list[np.ndarray]]:
@@ -38,17 +38,26 @@ def domain_images(num_scenes: int, seed: int = 0) -> dict[str, list[np.ndarray]]
     return images
 
 
+def block_tokens(assets: Path) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Per VFM of ``assets``: normalised images (B, 3, H, W) -> every block's patch tokens (B, L, N, C), read
+    through the segmenter's backbones: the visual tokens as its adapter receives them, the depth tokens as its depth
+    backbone yields them on the visual token grid."""
+    visual = visual_vfm(assets / "visual_vit" / "model.safetensors")
+    depth = depth_vfm(assets / "depth_anything")
+    return {
+        "visual": lambda x: visual_block_tokens(visual, x),
+        "depth": lambda x: depth_block_tokens(depth, x, visual.grid_size(*x.shape[-2:])),
+    }
+
+
+@torch.no_grad()
 def feature_stability(assets: Path, num_scenes: int = 150, seed: int = 0) -> dict[str, dict[str, list[float]]]:
     """Per VFM: per-block mean cosine(day, domain) for each target domain, and the day tokens' RMS ("rms")."""
     images = domain_images(num_scenes, seed)
-    models = {
-        "visual": (create_visual_vfm(assets / "visual_vit" / "model.safetensors").eval(), visual_block_tokens),
-        "depth": (load_depth_vfm(assets / "depth_anything"), depth_block_tokens),
-    }
     result: dict[str, dict[str, list[float]]] = {}
-    for name, (model, extract) in models.items():
+    for name, tokens in block_tokens(assets).items():
         feats = {
-            d: torch.cat([extract(model, normalize(np.stack(v[j : j + 50]))) for j in range(0, len(v), 50)])
+            d: torch.cat([tokens(normalize(np.stack(v[j : j + 50]))) for j in range(0, len(v), 50)])
             for d, v in images.items()
         }
         mean = feats["day"].mean((0, 2), keepdim=True)
@@ -98,7 +107,12 @@ def token_attention(segmenter: nn.Module, num_scenes: int = 40, seed: int = 0) -
         raise ValueError(f"{type(adapter).__name__} has no token attention to diagnose")
     images = domain_images(num_scenes, seed)
     recorded: list[torch.Tensor] = []
-    handle = adapter.register_forward_hook(lambda module, args, out: recorded.append(module.attention(*args)))
+
+    def record(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        tokens, layer, depth, _grid = args  # the backbone's call: adapter(tokens, layer, depth, grid)
+        recorded.append(module.attention(tokens, layer, depth))
+
+    handle = adapter.register_forward_hook(record)
     attention = {}
     segmenter.eval()
     try:
@@ -141,13 +155,29 @@ def format_attention_table(per_method: dict[str, dict[str, list[float]]]) -> str
     )
 
 
+def load_run(run_dir: Path, checkpoint: str = "last.ckpt") -> SegmentationModule:
+    """A finished training run's module, loaded as `src.eval`/`src.predict` load one: built from the run's own
+    composed config (`<run_dir>/.hydra/config.yaml`) and given `<run_dir>/checkpoints/<checkpoint>` by
+    `src.predict.load_weights`, which refuses a checkpoint made for another model configuration."""
+    run_dir = Path(run_dir)
+    module = build_module(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    load_weights(module, run_dir / "checkpoints" / checkpoint)
+    return module
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--assets", type=Path, default=Path("assets/minidg"))
     parser.add_argument("--num-scenes", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0, help="MiniDG dataset seed whose test scenes are used")
+    parser.add_argument(
+        "--runs", type=Path, nargs="*", default=[], help="training run directories: also their token attention"
+    )
     args = parser.parse_args()
     print(format_table(feature_stability(args.assets, args.num_scenes, args.seed)))
+    if args.runs:
+        stats = {str(run): token_attention(load_run(run).segmenter, seed=args.seed) for run in args.runs}
+        print("\n" + format_attention_table(stats))
 
 
 if __name__ == "__main__":

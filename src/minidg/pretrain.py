@@ -1,13 +1,17 @@
 """MiniDG's two frozen "foundation models", pretrained on `random`-styled renders and saved as users' weights are.
 
-- Visual VFM: a DINOv2-style timm ViT (`vit_small_patch14_dinov2` shrunk to patch 8, width 128, 6 blocks, 4 heads,
-  cls token, LayerScale), pretrained without labels by SimMIM-style masked patch reconstruction of the *styled*
-  input: like MAE/CLIP-type VFMs it must keep the input's appearance (night and fog included), so its features
-  shift with the domain, which is the premise DepthForge addresses. Saved as a timm `model.safetensors`.
-- Depth VFM: a `transformers` Depth Anything (DINOv2 backbone of the same size with patch 14, DPT neck and head),
-  trained to regress relative inverse depth (`_DepthLosses`). Its patch is 14 like Depth Anything V2, so MiniDG
-  exercises the project's `resize_input` grid alignment (the 64x128 image is resized to 112x224 for an 8x16 token
-  grid, the visual ViT's grid). Saved with `save_pretrained`.
+Both are built through the project's backbones from their Hydra configs (`src.minidg.vfms`), and trained through
+the backbones' own `.model`, with gradients turned back on.
+
+- Visual VFM: a DINOv2-style timm ViT (`conf/model/backbone/minidg_vit.yaml`: `vit_small_patch14_dinov2` shrunk to
+  patch 8, width 128, 6 blocks, 4 heads, cls token, LayerScale), pretrained without labels by SimMIM-style masked
+  patch reconstruction of the *styled* input: like MAE/CLIP-type VFMs it must keep the input's appearance (night and
+  fog included), so its features shift with the domain, which is the premise DepthForge addresses. Saved as a timm
+  `model.safetensors`.
+- Depth VFM: a `transformers` Depth Anything (`vfms.DEPTH_ARCHITECTURE`: DINOv2 backbone of the same size with
+  patch 14, DPT neck and head), trained to regress relative inverse depth (`_DepthLosses`). Its patch is 14 like
+  Depth Anything V2, so MiniDG exercises the project's `resize_input` grid alignment (the 64x128 image is resized to
+  112x224 for an 8x16 token grid, the visual ViT's grid). Saved with `save_pretrained`.
 
 Both read ImageNet-normalised RGB, the pipeline's preprocessing. Training is deterministic given the seed
 (1 thread, seeded sampling and masks, deterministic algorithms).
@@ -23,71 +27,28 @@ from pathlib import Path
 
 import numpy as np
 import safetensors.torch
-import timm
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
-from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
-from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from src.minidg.dataset import PretrainSet
-from src.minidg.render import IMAGE_SIZE, MAX_DEPTH
+from src.minidg.render import MAX_DEPTH
+from src.minidg.vfms import (
+    VISUAL_CONFIG,
+    BlockTokens,
+    depth_block_tokens,
+    depth_output,
+    depth_vfm,
+    normalize,
+    visual_block_tokens,
+    visual_grid,
+    visual_vfm,
+)
+from src.models.backbones.depth import DepthBackbone
+from src.models.backbones.visual import VisualBackbone
 
-VISUAL_ARCH = "vit_small_patch14_dinov2"
-VISUAL_KWARGS: dict = dict(img_size=IMAGE_SIZE, patch_size=8, embed_dim=128, depth=6, num_heads=4, num_classes=0)
-"""timm overrides of the visual VFM; loading its checkpoint needs the same ones."""
-VISUAL_GRID = (IMAGE_SIZE[0] // 8, IMAGE_SIZE[1] // 8)
-DEPTH_PATCH = 14
 MIN_DEPTH = 1.0  # metres; nearer is clamped in the depth target
-_MEAN = torch.tensor([m / 255 for m in IMAGENET_MEAN]).view(1, 3, 1, 1)  # of 0..1 RGB
-_STD = torch.tensor([s / 255 for s in IMAGENET_STD]).view(1, 3, 1, 1)
-
-
-def create_visual_vfm(checkpoint: str | Path | None = None, **kwargs) -> nn.Module:
-    """The visual VFM; with `checkpoint`, loaded through timm's local-file path as users' weights are."""
-    if checkpoint is None:
-        return timm.create_model(VISUAL_ARCH, pretrained=False, **VISUAL_KWARGS, **kwargs)
-    return timm.create_model(
-        VISUAL_ARCH, pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)), **VISUAL_KWARGS, **kwargs
-    )
-
-
-def depth_vfm_config() -> DepthAnythingConfig:
-    """Depth Anything with a tiny DINOv2 backbone; out_indices scale V2-small's [3, 6, 9, 12] to 6 blocks."""
-    backbone = Dinov2Config(
-        hidden_size=128,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        intermediate_size=512,
-        patch_size=DEPTH_PATCH,
-        image_size=16 * DEPTH_PATCH,
-        out_indices=[2, 3, 5, 6],
-        apply_layernorm=True,
-        reshape_hidden_states=False,
-    )
-    return DepthAnythingConfig(
-        backbone_config=backbone,
-        reassemble_hidden_size=128,
-        patch_size=DEPTH_PATCH,
-        neck_hidden_sizes=[16, 32, 64, 128],
-        fusion_hidden_size=16,
-        head_hidden_size=8,
-        depth_estimation_type="relative",
-    )
-
-
-def load_depth_vfm(directory: str | Path) -> DepthAnythingForDepthEstimation:
-    return DepthAnythingForDepthEstimation.from_pretrained(str(directory), local_files_only=True).eval()
-
-
-def normalize(images: np.ndarray) -> torch.Tensor:
-    """uint8 RGB (B, H, W, 3) -> ImageNet-normalised float (B, 3, H, W), the pipeline's preprocessing."""
-    return (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - _MEAN) / _STD
-
-
-def depth_input(x: torch.Tensor, grid: tuple[int, int] = VISUAL_GRID) -> torch.Tensor:
-    """Resize to (14·g_h, 14·g_w) so the depth ViT's token grid is the visual one (SPEC D1, `resize_input`)."""
-    return F.interpolate(x, size=(DEPTH_PATCH * grid[0], DEPTH_PATCH * grid[1]), mode="bilinear", align_corners=False)
 
 
 def depth_target(depth: torch.Tensor) -> torch.Tensor:
@@ -108,24 +69,37 @@ def _patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 class _SimMIM(nn.Module):
-    """Masked patches are replaced by a learned token; a linear decoder predicts their normalised pixels."""
+    """Masked patches are replaced by a learned token; a linear decoder predicts their normalised pixels.
 
-    def __init__(self, vit: nn.Module, mask_ratio: float) -> None:
+    The ViT runs through `VisualBackbone.forward`, the segmenter's path; the one SimMIM-specific step, replacing
+    the masked patch embeddings by the mask token, is a forward hook on the patch embedding.
+    """
+
+    def __init__(self, backbone: VisualBackbone, mask_ratio: float) -> None:
         super().__init__()
-        self.vit, self.mask_ratio = vit, mask_ratio
-        self.patch = vit.patch_embed.patch_size[0]
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, vit.embed_dim))
+        self.backbone, self.mask_ratio = backbone, mask_ratio
+        self.patch = backbone.patch_size
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, backbone.embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
-        self.decoder = nn.Linear(vit.embed_dim, self.patch**2 * 3)
+        self.decoder = nn.Linear(backbone.embed_dim, self.patch**2 * 3)
 
     def forward(self, x: torch.Tensor, depth: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        vit = self.vit
-        tokens = vit.patch_embed(x)
-        mask = torch.rand(tokens.shape[:2], generator=generator) < self.mask_ratio
-        tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype), tokens)
-        tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(tokens)))
-        tokens = vit.norm(vit.blocks(tokens))[:, vit.num_prefix_tokens :]
-        error = (self.decoder(tokens) - _patchify(x, self.patch)).abs().mean(-1)
+        masks: list[torch.Tensor] = []
+
+        def insert_mask_token(module: nn.Module, args: tuple, tokens: torch.Tensor) -> torch.Tensor:
+            # (B, g_h, g_w, C): the backbone builds the ViT with a dynamic image size; one draw per token, row-major
+            mask = torch.rand(tokens.shape[0], tokens[0, ..., 0].numel(), generator=generator) < self.mask_ratio
+            masks.append(mask)
+            return torch.where(mask.view(tokens.shape[:-1])[..., None], self.mask_token.to(tokens.dtype), tokens)
+
+        vit, recorder = self.backbone.model, BlockTokens()
+        handle = vit.patch_embed.register_forward_hook(insert_mask_token)
+        try:
+            self.backbone(x, recorder)
+        finally:
+            handle.remove()
+        (mask,) = masks
+        error = (self.decoder(vit.norm(recorder.tokens[-1])) - _patchify(x, self.patch)).abs().mean(-1)
         return {"simmim": (error * mask).sum() / mask.sum().clamp(min=1)}
 
 
@@ -138,17 +112,18 @@ class _DepthLosses(nn.Module):
     tokens have at scale. The probe is discarded after training.
     """
 
-    def __init__(self, model: DepthAnythingForDepthEstimation) -> None:
+    def __init__(self, backbone: DepthBackbone, image_size: tuple[int, int]) -> None:
         super().__init__()
-        self.model = model
-        self.patch = IMAGE_SIZE[0] // VISUAL_GRID[0]
-        self.probe = nn.Linear(model.config.backbone_config.hidden_size, self.patch**2)
+        self.backbone = backbone
+        self.grid = visual_grid(image_size)
+        self.patch = image_size[0] // self.grid[0]  # the visual patch
+        self.probe = nn.Linear(backbone.embed_dim, self.patch**2)
 
     def forward(self, x: torch.Tensor, depth: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        out = self.model(pixel_values=depth_input(x), output_hidden_states=True)
+        out = depth_output(self.backbone, x, self.grid, output_hidden_states=True)
         pred = F.interpolate(out.predicted_depth[:, None], size=depth.shape[-2:], mode="bilinear", align_corners=False)
         target = depth_target(depth)[:, None]
-        tokens = self.model.backbone.layernorm(out.hidden_states[-1])[:, 1:]
+        tokens = self.backbone.model.backbone.layernorm(out.hidden_states[-1])[:, 1:]
         return {
             "dpt": (pred - target).abs().mean(),
             "token_probe": (self.probe(tokens) - _patchify(target, self.patch)).abs().mean(),
@@ -222,18 +197,26 @@ def pretrain_visual(
 ) -> dict:
     """SimMIM-pretrain the visual VFM and write `out_dir/model.safetensors` (timm state dict, no head)."""
     _deterministic(seed)
-    vit = create_visual_vfm(init_values=1.0)  # LayerScale starts at 1 (as HF DINOv2), not DINOv2-L's 1e-5
-    simmim = _SimMIM(vit, mask_ratio)
+    # LayerScale starts at 1 (as HF DINOv2), not DINOv2-L's 1e-5: a training choice, not the architecture
+    backbone = visual_vfm(None, model_kwargs={"init_values": 1.0})
+    vit = backbone.model.requires_grad_(True)  # no dropout or drop-path: its eval mode trains as train mode would
+    simmim = _SimMIM(backbone, mask_ratio)
     log = _train(simmim, list(simmim.parameters()), data, steps, batch_size, lr, seed, "visual")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "model.safetensors"
-    vit.eval()
+    vit.requires_grad_(False).eval()
     safetensors.torch.save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
-    _check_reload(vit, create_visual_vfm(path), data)
+    _check_reload(backbone, visual_vfm(path), data)
+    config = OmegaConf.load(VISUAL_CONFIG)
     log.update(
         objective=f"SimMIM: L1 on the ImageNet-normalised pixels of masked patches (ratio {mask_ratio})",
-        arch=VISUAL_ARCH,
-        kwargs={k: list(v) if isinstance(v, tuple) else v for k, v in VISUAL_KWARGS.items()},
+        arch=config.model_name,
+        kwargs={
+            "img_size": list(config.img_size),
+            "patch_size": config.patch_size,
+            **config.model_kwargs,
+            "num_classes": vit.num_classes,
+        },
         params=sum(p.numel() for p in vit.parameters()),
     )
     (out_dir / "pretrain_log.json").write_text(json.dumps(log, indent=1))
@@ -245,12 +228,13 @@ def pretrain_depth(
 ) -> dict:
     """Train the depth VFM on `_DepthLosses` and `save_pretrained(out_dir)` (config.json + model.safetensors)."""
     _deterministic(seed)
-    model = DepthAnythingForDepthEstimation(depth_vfm_config())
-    losses = _DepthLosses(model)
+    backbone = depth_vfm(None)
+    model = backbone.model.requires_grad_(True)  # no dropout or drop-path: its eval mode trains as train mode would
+    losses = _DepthLosses(backbone, data.images.shape[1:3])
     log = _train(losses, list(losses.parameters()), data, steps, batch_size, lr, seed, "depth")
-    model.eval()
+    model.requires_grad_(False).eval()
     model.save_pretrained(str(out_dir))
-    _check_reload(model, load_depth_vfm(out_dir), data)
+    _check_reload(backbone, depth_vfm(out_dir), data)
     log.update(
         objective="L1 on ln(150/d)/ln(150) (relative inverse log-depth, sky = 0) of the DPT output at 64x128 "
         "+ L1 of a linear probe on the last block's normed tokens (8x8 target values per token)",
@@ -261,38 +245,28 @@ def pretrain_depth(
 
 
 @torch.no_grad()
-def _check_reload(trained: nn.Module, loaded: nn.Module, data: PretrainSet) -> None:
-    """The saved file, loaded the way users load weights, must reproduce the trained model exactly."""
+def _check_reload(
+    trained: VisualBackbone | DepthBackbone, loaded: VisualBackbone | DepthBackbone, data: PretrainSet
+) -> None:
+    """The saved file, loaded through the segmenter's backbone, must reproduce the trained model exactly: every
+    block's tokens as the segmenter reads them, and for the depth VFM also its depth output."""
     x = normalize(data.images[:4])
-    if isinstance(trained, DepthAnythingForDepthEstimation):
-        a, b = trained(pixel_values=depth_input(x)).predicted_depth, loaded(pixel_values=depth_input(x)).predicted_depth
+    if isinstance(trained, DepthBackbone):
+        grid = visual_grid(x.shape[-2:])
+        pairs = [
+            (depth_block_tokens(trained, x, grid), depth_block_tokens(loaded, x, grid)),
+            (depth_output(trained, x, grid).predicted_depth, depth_output(loaded, x, grid).predicted_depth),
+        ]
     else:
-        a, b = trained.forward_features(x), loaded.eval().forward_features(x)
-    if not torch.equal(a, b):
-        raise RuntimeError(f"reloaded model differs from the trained one (max |diff| {(a - b).abs().max():.3g})")
+        pairs = [(visual_block_tokens(trained, x), visual_block_tokens(loaded, x))]
+    for a, b in pairs:
+        if not torch.equal(a, b):
+            raise RuntimeError(f"reloaded model differs from the trained one (max |diff| {(a - b).abs().max():.3g})")
 
 
 @torch.no_grad()
-def visual_block_tokens(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(B, L, N, C) patch tokens after each block of a timm ViT, prefix tokens dropped."""
-    tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
-    out = []
-    for block in vit.blocks:
-        tokens = block(tokens)
-        out.append(tokens[:, vit.num_prefix_tokens :])
-    return torch.stack(out, 1)
-
-
-@torch.no_grad()
-def depth_block_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(B, L, N, C) raw patch tokens after each block of the Depth Anything backbone (cls dropped)."""
-    hidden = model.backbone(pixel_values=depth_input(x), output_hidden_states=True).hidden_states[1:]
-    return torch.stack([h[:, 1:] for h in hidden], 1)
-
-
-@torch.no_grad()
-def scale_residual_stream(model: DepthAnythingForDepthEstimation, alpha: float) -> None:
-    """Multiply the depth backbone's residual stream by ``alpha`` in place, leaving the depth output unchanged.
+def scale_residual_stream(model: nn.Module, alpha: float) -> None:
+    """Multiply a Depth Anything encoder's residual stream by ``alpha`` in place, leaving the depth output unchanged.
 
     Every pre-norm block adds γ·F(LN(h)) to h, and LN(αh) = LN(h). Scaling the embeddings (patch projection,
     cls/mask tokens, position embeddings) and every LayerScale γ by α therefore scales every hidden state by α,
@@ -326,15 +300,16 @@ def match_depth_scale(depth_dir: Path, visual_checkpoint: Path, images: np.ndarr
     rescaled one is an ablation (docs/minidg.md).
     """
     x = normalize(images)
-    depth = load_depth_vfm(depth_dir)
-    reference = depth(pixel_values=depth_input(x)).predicted_depth
-    visual = visual_block_tokens(create_visual_vfm(visual_checkpoint).eval(), x)
-    alpha = (visual.square().mean().sqrt() / depth_block_tokens(depth, x).square().mean().sqrt()).item()
-    scale_residual_stream(depth, alpha)
-    after = depth(pixel_values=depth_input(x)).predicted_depth
+    depth, visual = depth_vfm(depth_dir), visual_vfm(visual_checkpoint)
+    grid = visual.grid_size(*x.shape[-2:])
+    reference = depth_output(depth, x, grid).predicted_depth
+    rms_visual = visual_block_tokens(visual, x).square().mean().sqrt()
+    alpha = (rms_visual / depth_block_tokens(depth, x, grid).square().mean().sqrt()).item()
+    scale_residual_stream(depth.model, alpha)
+    after = depth_output(depth, x, grid).predicted_depth
     if not torch.allclose(after, reference, atol=1e-2 * reference.abs().max().item()):
         raise RuntimeError(f"rescaling changed the depth output (max |diff| {(after - reference).abs().max():.3g})")
-    depth.save_pretrained(str(depth_dir))
+    depth.model.save_pretrained(str(depth_dir))
     log_path = depth_dir / "pretrain_log.json"
     log = json.loads(log_path.read_text()) if log_path.exists() else {}
     log["residual_scale"] = round(log.get("residual_scale", 1.0) * alpha, 6)

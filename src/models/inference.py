@@ -1,4 +1,4 @@
-"""Sliding-window inference (SPEC §6.6) with all windows of an image run as one batch."""
+"""Sliding-window inference (docs/method.md §6.6) with all windows of an image run as one batch."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Label tables against their references: cityscapesscripts and the SPEC §6.2 Mapillary table."""
+"""Label tables against their references: cityscapesscripts and the docs/method.md §6.2 Mapillary table."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from src.data.labels import (
 
 cs_labels = pytest.importorskip("cityscapesscripts.helpers.labels")
 
-# SPEC §6.2, written out literally: train ID -> Mapillary v1.2 indices.
+# docs/method.md §6.2, written out literally: train ID -> Mapillary v1.2 indices.
 SPEC_MAPILLARY = {
     0: [7, 8, 10, 13, 14, 23, 24],
     1: [2, 9, 11, 15],

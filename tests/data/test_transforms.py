@@ -1,4 +1,4 @@
-"""The training/test pipelines against the SPEC §6.3/§6.4 definitions."""
+"""The training/test pipelines against the docs/method.md §6.3/§6.4 definitions."""
 
 from __future__ import annotations
 
@@ -171,7 +171,7 @@ def test_brightness_only_changes_pixels_by_at_most_32() -> None:
 
 
 def _mmseg_reference(bgr: np.ndarray, b: float, c: float, s: float, h: int, contrast_first: bool) -> np.ndarray:
-    """mmseg PhotoMetricDistortion on a BGR image with all four ops applied (SPEC §6.3 step 5)."""
+    """mmseg PhotoMetricDistortion on a BGR image with all four ops applied (docs/method.md §6.3 step 5)."""
 
     def convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
         return np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)

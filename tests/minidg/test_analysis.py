@@ -1,16 +1,21 @@
-"""MiniDG's token-attention diagnosis against direct computations."""
+"""MiniDG's analyses: the VFM tokens they read are the segmenter's, and the token-attention diagnosis against direct
+computations."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from src.minidg.analysis import format_attention_table, token_attention
+from src.minidg.analysis import block_tokens, format_attention_table, token_attention
 from src.minidg.dataset import test_scene as render_test_scene
-from src.minidg.pretrain import normalize
+from src.minidg.vfms import BlockTokens, normalize
 from src.utils.instantiate import build_module
 from tests.conftest import compose_config
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "minidg"
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +23,22 @@ def rein(tmp_path_factory):
     cfg = compose_config(["experiment=minidg", "ablation=rein"], tmp_path_factory.mktemp("out"))
     torch.manual_seed(0)
     return build_module(cfg).segmenter.eval()
+
+
+@pytest.mark.skipif(not (ASSETS / "visual_vit" / "model.safetensors").is_file(), reason="VFM assets not made")
+def test_analysis_tokens_are_the_segmenters(tmp_path) -> None:
+    """The tokens the feature-stability analysis reads are exactly those of a MiniDG run's segmenter (DepthForge):
+    its visual backbone's patch tokens after every block, and its depth tokens on the visual grid."""
+    segmenter = build_module(compose_config(["experiment=minidg"], tmp_path)).segmenter.eval()
+    x = normalize(np.stack([render_test_scene(0, i)[1][d] for i in range(2) for d in ("day", "night")]))
+    recorder = BlockTokens()
+    with torch.no_grad():
+        segmenter.visual_backbone(x, recorder)
+        depth = segmenter.depth_tokens(x)
+        ours = {name: tokens(x) for name, tokens in block_tokens(ASSETS).items()}
+    assert ours["visual"].shape == (4, 6, 8 * 16, 128)
+    assert torch.equal(ours["visual"], torch.stack(recorder.tokens, 1))
+    assert torch.equal(ours["depth"], torch.stack(depth, 1))
 
 
 def test_flat_tokens_give_uniform_attention(rein) -> None:

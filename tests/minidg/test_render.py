@@ -151,75 +151,79 @@ def test_pretrain_set_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not (ASSETS / "visual_vit" / "model.safetensors").is_file(), reason="VFM assets not made")
-def test_saved_vfms_load_as_user_weights() -> None:
+def test_saved_vfms_load_as_user_weights_and_the_backbones_read_them_unchanged() -> None:
+    """The plain timm and HF loads of assets/minidg/README.md work, and the project's backbones built from the MiniDG
+    configs read every block's tokens exactly as they do: timm's own block loop, and HF DINOv2 on the bilinear
+    112x224 resize that gives the visual 8x16 grid."""
     import timm
+    import torch.nn.functional as F
+    from omegaconf import OmegaConf
     from transformers import DepthAnythingForDepthEstimation
 
-    from src.minidg.pretrain import VISUAL_ARCH, VISUAL_KWARGS, depth_input, normalize
+    from src.minidg.vfms import VISUAL_CONFIG, depth_block_tokens, depth_vfm, normalize, visual_block_tokens, visual_vfm
 
-    x = normalize(np.stack([to_uint8(stylize(render_seed(i), "day", i)) for i in range(2)]))
-    vit = timm.create_model(
-        VISUAL_ARCH,
-        pretrained=True,
-        **VISUAL_KWARGS,
-        pretrained_cfg_overlay=dict(file=str(ASSETS / "visual_vit" / "model.safetensors")),
-    )
-    fresh = timm.create_model(VISUAL_ARCH, pretrained=False, **VISUAL_KWARGS)
+    x = normalize(np.stack([to_uint8(stylize(render_seed(i), style, i)) for i, style in enumerate(("day", "fog"))]))
+    cfg = OmegaConf.load(VISUAL_CONFIG)
+    kwargs = dict(img_size=tuple(cfg.img_size), patch_size=cfg.patch_size, num_classes=0, **cfg.model_kwargs)
+    file = str(ASSETS / "visual_vit" / "model.safetensors")
+    vit = timm.create_model(cfg.model_name, pretrained=True, pretrained_cfg_overlay=dict(file=file), **kwargs).eval()
+    fresh = timm.create_model(cfg.model_name, pretrained=False, **kwargs)
     assert not torch.equal(vit.pos_embed, fresh.pos_embed)  # the weights were loaded, not initialised
     depth = DepthAnythingForDepthEstimation.from_pretrained(str(ASSETS / "depth_anything"), local_files_only=True)
     with torch.no_grad():
-        tokens = vit.eval().forward_features(x)
-        out = depth.eval()(pixel_values=depth_input(x), output_hidden_states=True)
-    assert tokens.shape == (2, 1 + 8 * 16, 128) and torch.isfinite(tokens).all()
+        tokens, plain_visual = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x)))), []
+        for block in vit.blocks:
+            tokens = block(tokens)
+            plain_visual.append(tokens[:, vit.num_prefix_tokens :])
+        resized = F.interpolate(x, size=(112, 224), mode="bilinear", align_corners=False)
+        out = depth.eval()(pixel_values=resized, output_hidden_states=True)
+        visual = visual_vfm(file)
+        ours_visual = visual_block_tokens(visual, x)
+        ours_depth = depth_block_tokens(depth_vfm(ASSETS / "depth_anything"), x, visual.grid_size(64, 128))
+    assert ours_visual.shape == (2, 6, 8 * 16, 128) and torch.isfinite(ours_visual).all()
+    assert torch.equal(ours_visual, torch.stack(plain_visual, 1))
+    assert len(out.hidden_states) == 7 and ours_depth.shape == (2, 6, 8 * 16, 128)
+    assert torch.equal(ours_depth, torch.stack([h[:, 1:] for h in out.hidden_states[1:]], 1))
     assert out.predicted_depth.shape == (2, 112, 224) and torch.isfinite(out.predicted_depth).all()
-    assert len(out.hidden_states) == 7 and out.hidden_states[-1].shape == (2, 1 + 8 * 16, 128)
 
 
 def test_depth_rescale_keeps_the_depth_output_and_matches_the_visual_token_scale(tmp_path: Path) -> None:
     import json
 
     import safetensors.torch
-    from transformers import DepthAnythingForDepthEstimation
 
-    from src.minidg.pretrain import (
-        create_visual_vfm,
-        depth_block_tokens,
-        depth_input,
-        depth_vfm_config,
-        load_depth_vfm,
-        match_depth_scale,
-        normalize,
-        visual_block_tokens,
-    )
+    from src.minidg.pretrain import match_depth_scale
+    from src.minidg.vfms import depth_block_tokens, depth_output, depth_vfm, normalize, visual_block_tokens, visual_vfm
 
     torch.manual_seed(0)
-    vit = create_visual_vfm()
+    visual = visual_vfm(None)
     safetensors.torch.save_file(
-        {k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp_path / "v.safetensors")
+        {k: v.contiguous() for k, v in visual.model.state_dict().items()}, str(tmp_path / "v.safetensors")
     )
-    depth = DepthAnythingForDepthEstimation(depth_vfm_config()).eval()
+    depth = depth_vfm(None)
     with torch.no_grad():  # a residual stream 5x larger than its init, as training left MiniDG's depth model
-        for layer in depth.backbone.encoder.layer:
+        for layer in depth.model.backbone.encoder.layer:
             layer.layer_scale1.lambda1.mul_(5.0)
             layer.layer_scale2.lambda1.mul_(5.0)
-    depth.save_pretrained(str(tmp_path / "depth"))
+    depth.model.save_pretrained(str(tmp_path / "depth"))
     images = np.stack([to_uint8(stylize(render_seed(i), "day", i)) for i in range(3)])
     x = normalize(images)
+    grid = visual.grid_size(*x.shape[-2:])
 
     def rms(t: torch.Tensor) -> float:
         return t.square().mean().sqrt().item()
 
     with torch.no_grad():
-        before = depth(pixel_values=depth_input(x)).predicted_depth
-        ratio = rms(depth_block_tokens(depth, x)) / rms(visual_block_tokens(vit.eval(), x))
+        before = depth_output(depth, x, grid).predicted_depth
+        ratio = rms(depth_block_tokens(depth, x, grid)) / rms(visual_block_tokens(visual, x))
     alpha = match_depth_scale(tmp_path / "depth", tmp_path / "v.safetensors", images)
     assert alpha == pytest.approx(1 / ratio, rel=1e-4)
-    rescaled = load_depth_vfm(tmp_path / "depth")
+    rescaled = depth_vfm(tmp_path / "depth")
     with torch.no_grad():
-        after = rescaled(pixel_values=depth_input(x)).predicted_depth
-        assert rms(depth_block_tokens(rescaled, x)) == pytest.approx(rms(visual_block_tokens(vit, x)), rel=1e-4)
-        tokens = depth_block_tokens(rescaled, x)
-        reference = depth_block_tokens(depth, x)
+        after = depth_output(rescaled, x, grid).predicted_depth
+        tokens = depth_block_tokens(rescaled, x, grid)
+        assert rms(tokens) == pytest.approx(rms(visual_block_tokens(visual, x)), rel=1e-4)
+        reference = depth_block_tokens(depth, x, grid)
     torch.testing.assert_close(tokens, alpha * reference, rtol=1e-4, atol=1e-4)  # every block scaled by α
     torch.testing.assert_close(after, before, rtol=0, atol=1e-3 * before.abs().max().item())  # same depth maps
     assert json.loads((tmp_path / "depth" / "pretrain_log.json").read_text())["residual_scale"] == pytest.approx(

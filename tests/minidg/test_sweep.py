@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
+
+from src.metrics import mean_miou
+from src.minidg.analysis import load_run
+from src.utils.checkpoint import CheckpointError
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "minidg_sweep.py"
 
@@ -46,7 +51,10 @@ def test_forked_runs_train_and_report_every_domain(sweep, tmp_path: Path) -> Non
         run_dir = tmp_path / "out" / f"{method}_seed{seed}"
         assert (run_dir / "checkpoints" / "last.ckpt").is_file()
         assert (run_dir / "output.log").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
-        assert set(metrics) == set(sweep.DOMAINS) and all(0.0 <= v <= 100.0 for v in metrics.values())
+        assert set(metrics) == {"day", "night", "fog", "snow", sweep.MEAN}
+        assert all(0.0 <= v <= 100.0 for v in metrics.values())
+        shifted = mean_miou({d: {"mIoU": v} for d, v in metrics.items()}, ["night", "fog", "snow"])
+        assert metrics[sweep.MEAN] == pytest.approx(float(shifted), abs=1e-4)  # the run's own mean_mIoU
         assert wall > 0
     # each run got its own method: REIN's checkpoint holds its tokens, the frozen baseline's does not
     keys = {
@@ -57,8 +65,18 @@ def test_forked_runs_train_and_report_every_domain(sweep, tmp_path: Path) -> Non
     }
     assert any("learnable_tokens" in k for k in keys["rein"])
     assert not any("learnable_tokens" in k for k in keys["frozen"])
-    table = sweep.table(results, args.methods)
-    assert "| frozen | 1 |" in table and "| rein | 1 |" in table
+    table = sweep.table(results, args.methods, ["night", "fog", "snow"])
+    assert "| frozen | 1 |" in table and "| rein | 1 |" in table and "mean shifted (night, fog, snow)" in table
+    # the analyses load a run as src.eval/src.predict do: its own config, its checkpoint checked against it
+    run_dir = tmp_path / "out" / "rein_seed0"
+    tokens = load_run(run_dir).segmenter.token_adapter.learnable_tokens_b
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert torch.equal(tokens, saved["segmenter.token_adapter.learnable_tokens_b"])
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    cfg.model.segmenter.token_adapter.rank = 8  # a config the checkpoint was not made for
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    with pytest.raises(CheckpointError, match="token_adapter.rank"):
+        load_run(run_dir)
 
 
 def test_a_failed_run_names_its_command_and_log(sweep, tmp_path: Path) -> None:

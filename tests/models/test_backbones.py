@@ -123,7 +123,7 @@ def test_levels_are_bilinear_resamplings_of_the_blocks() -> None:
     for level, scale in zip(maps, (4, 2, 1, 0.5)):
         expected = maps[2] if scale == 1 else F.interpolate(maps[2], scale_factor=scale, mode="bilinear")
         torch.testing.assert_close(level, expected)
-    torch.testing.assert_close(maps[3], F.avg_pool2d(maps[2], 2))  # exact ½ bilinear = 2×2 mean (SPEC §1.1)
+    torch.testing.assert_close(maps[3], F.avg_pool2d(maps[2], 2))  # exact ½ bilinear = 2×2 mean (docs/method.md §1.1)
 
 
 def test_default_out_indices_rule() -> None:

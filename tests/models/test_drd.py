@@ -1,4 +1,4 @@
-"""DepthRefinementDecoder against SPEC §4: the equations written out independently, and the parameter counts."""
+"""DepthRefinementDecoder against docs/method.md §4: the equations written out independently, and the parameter counts."""
 
 import pytest
 import torch
@@ -30,7 +30,7 @@ def upsampled(maps: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def reference_implemented(drd: DepthRefinementDecoder, maps: list[torch.Tensor]) -> torch.Tensor:
-    """SPEC §4.1 with F.conv2d: shared gate a = σ(W₂ ReLU(W₁X)), m = σ(conv3×3(X⊙a)); X₀ + W_f [gated levels]."""
+    """docs/method.md §4.1 with F.conv2d: shared gate a = σ(W₂ ReLU(W₁X)), m = σ(conv3×3(X⊙a)); X₀ + W_f [gated levels]."""
     squeeze, excite = drd.channel_attention[0], drd.channel_attention[2]
     spatial = drd.spatial_attention[0]
     gated = []
@@ -43,7 +43,7 @@ def reference_implemented(drd: DepthRefinementDecoder, maps: list[torch.Tensor])
 
 
 def reference_paper(drd: DepthRefinementDecoder, maps: list[torch.Tensor]) -> torch.Tensor:
-    """SPEC §4.2 as documented: per level ReLU(W₂ W₁ X), concat, 1×1 fuse, added to X₀."""
+    """docs/method.md §4.2 as documented: per level ReLU(W₂ W₁ X), concat, 1×1 fuse, added to X₀."""
     transformed = []
     for mlp, x in zip(drd.level_mlps, upsampled(maps)):
         first, second = mlp[0], mlp[1]

@@ -1,4 +1,4 @@
-"""Mask2FormerHead against SPEC §5: predictions, init, query modes, losses, semantic map, full-size count."""
+"""Mask2FormerHead against docs/method.md §5: predictions, init, query modes, losses, semantic map, full-size count."""
 
 import pytest
 import torch

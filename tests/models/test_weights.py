@@ -67,7 +67,7 @@ def test_sam_checkpoint_loads_at_native_size_and_runs_at_any_size(tmp_path: Path
     maps = bb(torch.randn(1, 3, 32, 96))
     assert [tuple(m.shape[-2:]) for m in maps] == [(8, 24), (4, 12), (2, 6), (1, 3)]
 
-    with pytest.raises(RuntimeError, match="size mismatch"):  # timm's SAM filter does not resample (API-NOTES §2)
+    with pytest.raises(RuntimeError, match="size mismatch"):  # timm's SAM filter does not resample (docs/method.md L2)
         VisualBackbone("samvit_huge_patch16", checkpoint_path=str(path), img_size=64, model_kwargs=TINY | sam)
     assert "img_size" not in built_with[1]  # img_size=64 was not forced onto the native-1024 build
 

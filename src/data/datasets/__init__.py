@@ -1,7 +1,8 @@
 """Datasets in their real on-disk layouts (docs/method.md §6.1), plus generated in-memory scenes.
 
-`DATASETS` is the registry of the on-disk dataset classes by `key`; the layout checker (`src.data.checks`) and the
-generated-tree writer (`src.data.synthetic`) iterate over it, so a dataset's facts live on its class only.
+`DATASETS` is the registry of the on-disk dataset classes by `key` (every `LayoutDataset` subclass with a `key`
+registers itself when defined); the layout checker (`src.data.checks`) and the generated-tree writer
+(`src.data.synthetic`) iterate over it, so a dataset's facts live on its class only.
 """
 
 from src.data.datasets.acdc import CONDITIONS, ACDCDataset
@@ -19,9 +20,7 @@ from src.data.datasets.gta5 import GTA5Dataset
 from src.data.datasets.mapillary import MapillaryDataset
 from src.data.datasets.synthetic import SyntheticDataset
 
-DATASETS: dict[str, type[LayoutDataset]] = {
-    cls.key: cls for cls in (GTA5Dataset, CityscapesDataset, BDD100KDataset, MapillaryDataset, ACDCDataset)
-}
+DATASETS: dict[str, type[LayoutDataset]] = LayoutDataset.registry
 
 __all__ = [
     "CONDITIONS",

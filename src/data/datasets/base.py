@@ -119,7 +119,8 @@ class LayoutDataset(SegmentationDataset):
     """(image, label) pairs of one `Layout` under `root`, scanned at construction so errors surface early.
 
     A subclass describes its dataset with class-level facts, read by the layout checker and the generated-tree
-    writer (the registry `src.data.datasets.DATASETS` lists the subclasses):
+    writer. A subclass with a `key` registers itself in `LayoutDataset.registry` (= `src.data.datasets.DATASETS`)
+    when it is defined, so a dataset added outside this package (docs/extending.md) is checked and generated too:
 
     - `key`: the dataset's name in checks and generated-data kinds (`gta5`, `cityscapes`, ...);
     - `default_dir`: its folder under the data root (docs/method.md §6.1), e.g. `gta` for GTA5;
@@ -129,6 +130,8 @@ class LayoutDataset(SegmentationDataset):
       `palette_labels`: what the writer in `src.data.synthetic` generates in the dataset's real naming.
     """
 
+    registry: ClassVar[dict[str, type[LayoutDataset]]] = {}
+    """Every subclass with a `key`, by key, in the order they were defined."""
     key: ClassVar[str] = ""
     default_dir: ClassVar[str] = ""
     official_splits: ClassVar[tuple[OfficialSplit, ...]] = ()
@@ -138,6 +141,14 @@ class LayoutDataset(SegmentationDataset):
     """Splits the writer generates when none are asked for."""
     palette_labels: ClassVar[bool] = False
     """Whether the raw label PNGs ship as palette images (GTA5), which the writer then imitates."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "key" in cls.__dict__:
+            other = LayoutDataset.registry.get(cls.key)
+            if other is not None and other.__qualname__ != cls.__qualname__:
+                raise ValueError(f"dataset key {cls.key!r} of {cls.__qualname__} is taken by {other.__qualname__}")
+            LayoutDataset.registry[cls.key] = cls
 
     @staticmethod
     def layout(*args: Any, **kwargs: Any) -> Layout:

@@ -1,4 +1,4 @@
-"""Training and test pipelines (SPEC §6.3, §6.4) built from albumentations and our own transforms."""
+"""Training and test pipelines (docs/method.md §6.3, §6.4) built from albumentations and our own transforms."""
 
 from src.data.transforms.geometric import (
     CatMaxRatioCrop,

@@ -1,4 +1,4 @@
-"""Resize and crop transforms that albumentations lacks, with mmseg's semantics (SPEC §6.3 steps 2-3, §6.4).
+"""Resize and crop transforms that albumentations lacks, with mmseg's semantics (docs/method.md §6.3 steps 2-3, §6.4).
 
 They are albumentations transforms so that one `A.Compose(seed=...)` drives all randomness; random draws come
 from the transform's own `py_random`, never from the global RNGs.
@@ -32,7 +32,7 @@ def short_edge_size(height: int, width: int, short_edge: int, max_long_edge: int
 
 
 def keep_ratio_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) after mmcv's keep-ratio rescale into `scale` = (w_max, h_max) (SPEC §6.4).
+    """(h, w) after mmcv's keep-ratio rescale into `scale` = (w_max, h_max) (docs/method.md §6.4).
 
     factor = min(long_max / long, short_max / short), so the image fits the box in either orientation.
     """

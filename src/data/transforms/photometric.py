@@ -1,4 +1,4 @@
-"""mmseg PhotoMetricDistortion as an albumentations transform (SPEC §6.3 step 5).
+"""mmseg PhotoMetricDistortion as an albumentations transform (docs/method.md §6.3 step 5).
 
 albumentations' ColorJitter has other ranges, a random op order and float maths; this follows mmseg exactly:
 brightness, contrast (first or last, chosen by a coin), saturation, hue, each gated with p = 0.5, with a clip to

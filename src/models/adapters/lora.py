@@ -1,4 +1,4 @@
-"""LoRA baseline (Hu et al., ICLR 2022; SPEC D9): rank-r updates W + B·A of every block's q, k, v projections.
+"""LoRA baseline (Hu et al., ICLR 2022; docs/method.md D9): rank-r updates W + B·A of every block's q, k, v projections.
 
 Written as forward hooks rather than with ``peft``: peft swaps the projections for its own wrapper modules inside
 the timm model, which renames the frozen VFM's weights (``qkv.base_layer.weight``) and puts trainable tensors

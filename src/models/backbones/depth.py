@@ -130,7 +130,10 @@ class DepthBackbone(nn.Module):
                         f"the hub model with {download} and set pretrained=<hub id>"
                     )
                 else:
-                    fix = f"delete the damaged cache entry {snapshot.parent.parent} and fetch it again with {download}"
+                    fix = (
+                        f"delete the damaged cache entry {snapshot.parents[1]} and fetch it again with "
+                        f"`python {weights.DOWNLOAD_SCRIPT} {fetch} --cache-dir {snapshot.parents[2]}`"
+                    )
                 raise weights.corrupt_weights(what, found[0], found[1], fix) from err
             if isinstance(err, OSError):  # offline cache miss, no network, unknown repo, incomplete directory
                 raise missing_weights(what, source, fetch, err, cache_dir) from err
@@ -142,7 +145,7 @@ class DepthBackbone(nn.Module):
         self.model.eval()
         return self
 
-    def _input(self, images: Tensor, grid: tuple[int, int]) -> Tensor:
+    def aligned_input(self, images: Tensor, grid: tuple[int, int]) -> Tensor:
         """The normalised image as the depth encoder must see it to emit exactly ``grid`` patch tokens."""
         target = (self.patch_size * grid[0], self.patch_size * grid[1])
         if self.align == "resample_patch":
@@ -160,7 +163,7 @@ class DepthBackbone(nn.Module):
 
         Computed without autograd, so the visual stream uses them as constants (no grad_fn).
         """
-        hidden = self.model.backbone(self._input(images, grid), output_hidden_states=True).hidden_states
+        hidden = self.model.backbone(self.aligned_input(images, grid), output_hidden_states=True).hidden_states
         num_patches = grid[0] * grid[1]
         return [h[:, h.shape[1] - num_patches :] for h in hidden[1:]]
 

@@ -6,7 +6,8 @@ family-specific part is only the embed + block loop, written once per timm class
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
@@ -40,14 +41,14 @@ def default_out_indices(num_layers: int) -> list[int]:
     return [min(max((2 * k * num_layers + 24) // 48 - 1, 0), num_layers - 1) for k in (8, 12, 16, 24)]
 
 
-def _run_block(model: nn.Module, block: nn.Module, x: Tensor, **kwargs: Tensor | None) -> Tensor:
+def run_block(model: nn.Module, block: nn.Module, x: Tensor, **kwargs: Tensor | None) -> Tensor:
     """Run one block, recomputing its activations in backward when the model has grad checkpointing on."""
     if model.grad_checkpointing and torch.is_grad_enabled():
         return checkpoint(block, x, **kwargs)
     return block(x, **kwargs)
 
 
-def _with_patches(x: Tensor, num_prefix: int, step: BlockStep, layer: int) -> Tensor:
+def with_patches(x: Tensor, num_prefix: int, step: BlockStep, layer: int) -> Tensor:
     """Hand only the patch tokens to ``step``; prefix tokens (cls/registers) bypass it unchanged."""
     if num_prefix == 0:
         return step(layer, x)
@@ -61,7 +62,7 @@ def _vit_blocks(model: VisionTransformer, images: Tensor, step: BlockStep) -> No
     x = model.patch_drop(x)
     x = model.norm_pre(x)
     for i, block in enumerate(model.blocks):
-        x = _with_patches(_run_block(model, block, x), model.num_prefix_tokens, step, i)
+        x = with_patches(run_block(model, block, x), model.num_prefix_tokens, step, i)
 
 
 def _eva_blocks(model: Eva, images: Tensor, step: BlockStep) -> None:
@@ -71,8 +72,8 @@ def _eva_blocks(model: Eva, images: Tensor, step: BlockStep) -> None:
     x = model.norm_pre(x)
     per_block_rope = getattr(model, "rope_mixed", False) and rope is not None
     for i, block in enumerate(model.blocks):
-        x = _run_block(model, block, x, rope=rope[i] if per_block_rope else rope)
-        x = _with_patches(x, model.num_prefix_tokens, step, i)
+        x = run_block(model, block, x, rope=rope[i] if per_block_rope else rope)
+        x = with_patches(x, model.num_prefix_tokens, step, i)
 
 
 def _sam_blocks(model: VisionTransformerSAM, images: Tensor, step: BlockStep) -> None:
@@ -83,17 +84,60 @@ def _sam_blocks(model: VisionTransformerSAM, images: Tensor, step: BlockStep) ->
     x = model.patch_drop(x)
     x = model.norm_pre(x)
     for i, block in enumerate(model.blocks):
-        x = _run_block(model, block, x)
+        x = run_block(model, block, x)
         b, h, w, c = x.shape
         x = step(i, x.reshape(b, h * w, c)).reshape(b, h, w, c)
 
 
-_FAMILIES: dict[type[nn.Module], Callable[[nn.Module, Tensor, BlockStep], None]] = {
-    VisionTransformer: _vit_blocks,
-    Eva: _eva_blocks,
-    VisionTransformerSAM: _sam_blocks,
+BlockLoop = Callable[[nn.Module, Tensor, BlockStep], None]
+
+
+@dataclass(frozen=True)
+class Family:
+    """How a timm model class runs as a backbone: its embed + block ``loop``, and whether timm can build it for any
+    input size (``dynamic_img_size``); a fixed-size family is built at ``img_size`` and must get inputs of it."""
+
+    loop: BlockLoop
+    dynamic_img_size: bool = True
+
+
+#: timm model class -> its :class:`Family`. A new family registers itself with :func:`register_family`.
+FAMILIES: dict[type[nn.Module], Family] = {
+    VisionTransformer: Family(_vit_blocks),
+    Eva: Family(_eva_blocks),
+    VisionTransformerSAM: Family(_sam_blocks, dynamic_img_size=False),
 }
-_SUPPORTED = "(" + ", ".join(cls.__name__ for cls in _FAMILIES) + ")"
+
+
+def register_family(model_class: type[nn.Module], dynamic_img_size: bool = True) -> Callable[[BlockLoop], BlockLoop]:
+    """Decorator: ``loop(model, images, step)`` runs a ``model_class`` ViT's embedding and blocks, calling
+    ``step(layer, patch_tokens)`` after each block and continuing with what it returns (docs/extending.md)."""
+
+    def register(loop: BlockLoop) -> BlockLoop:
+        FAMILIES[model_class] = Family(loop, dynamic_img_size)
+        return loop
+
+    return register
+
+
+def _supported() -> str:
+    return "(" + ", ".join(cls.__name__ for cls in FAMILIES) + ")"
+
+
+def _family_of(model: nn.Module | type[nn.Module]) -> Family | None:
+    """The family of a model (or class): the most derived registered class wins, so a family may specialise
+    another (a ViT subclass, say)."""
+    cls = model if isinstance(model, type) else type(model)
+    matches = [c for c in FAMILIES if issubclass(cls, c)]
+    best = next((c for c in matches if all(issubclass(c, other) for other in matches)), None)
+    return FAMILIES[best] if best is not None else None
+
+
+def _builds_dynamic(model_name: str) -> bool:
+    """Whether the family of ``model_name``'s timm entrypoint takes ``dynamic_img_size`` (unknown: yes)."""
+    module = timm.models.model_entrypoint(timm.models.get_arch_name(model_name)).__module__
+    family = next((f for c, f in FAMILIES.items() if c.__module__ == module), None)
+    return family is None or family.dynamic_img_size
 
 
 def _is_sam(model_name: str) -> bool:
@@ -107,7 +151,7 @@ def _create(model_name: str, **kwargs: object) -> nn.Module:
     try:
         return timm.create_model(model_name, **kwargs)
     except TypeError as err:
-        raise ValueError(f"{model_name!r} cannot be built as a backbone of a family {_SUPPORTED}: {err}") from err
+        raise ValueError(f"{model_name!r} cannot be built as a backbone of a family {_supported()}: {err}") from err
 
 
 class VisualBackbone(nn.Module):
@@ -123,7 +167,7 @@ class VisualBackbone(nn.Module):
         model_name: str,
         pretrained: bool = False,
         checkpoint_path: str | None = None,
-        img_size: int = 512,
+        img_size: int | Sequence[int] = 512,
         patch_size: int = 16,
         out_indices: list[int] | None = None,
         model_kwargs: dict | None = None,
@@ -131,9 +175,10 @@ class VisualBackbone(nn.Module):
     ) -> None:
         super().__init__()
         self.model = self._build(model_name, pretrained, checkpoint_path, img_size, patch_size, model_kwargs, cache_dir)
-        self._blocks = next((fn for cls, fn in _FAMILIES.items() if isinstance(self.model, cls)), None)
-        if self._blocks is None:
-            raise ValueError(f"{model_name!r} builds a {type(self.model).__name__}, not a family {_SUPPORTED}")
+        family = _family_of(self.model)
+        if family is None:
+            raise ValueError(f"{model_name!r} builds a {type(self.model).__name__}, not a family {_supported()}")
+        self._blocks = family.loop
         self.model.requires_grad_(False).eval()
 
         self.embed_dim: int = self.model.embed_dim
@@ -153,7 +198,7 @@ class VisualBackbone(nn.Module):
         model_name: str,
         pretrained: bool,
         checkpoint_path: str | None,
-        img_size: int,
+        img_size: int | Sequence[int],
         patch_size: int,
         model_kwargs: dict | None,
         cache_dir: str | None,
@@ -161,10 +206,10 @@ class VisualBackbone(nn.Module):
         with_weights = pretrained or checkpoint_path is not None
         kwargs: dict = {"num_classes": 0, "patch_size": patch_size}
         if not _is_sam(model_name):
-            kwargs |= {"img_size": img_size, "dynamic_img_size": True}
+            kwargs |= {"img_size": img_size, **({"dynamic_img_size": True} if _builds_dynamic(model_name) else {})}
         elif not with_weights:
             # SAM's filter cannot resample pos/rel-pos, so a checkpoint loads only at its native img_size; the
-            # model then resamples both in forward for any input size (API-NOTES §2).
+            # model then resamples both in forward for any input size (docs/method.md L2).
             kwargs["img_size"] = img_size
         kwargs |= dict(model_kwargs or {})
         from src.models import weights  # the checks that tell a damaged weight file from other failures
@@ -202,7 +247,10 @@ class VisualBackbone(nn.Module):
             found = weights.folder_problem(snapshot) if snapshot is not None else None
             if found is None:
                 raise
-            fix = f"delete the damaged cache entry {snapshot.parent.parent} and fetch it again with {download}"
+            fix = (
+                f"delete the damaged cache entry {snapshot.parents[1]} and fetch it again with "
+                f"`python {weights.DOWNLOAD_SCRIPT} {fetch} --cache-dir {snapshot.parents[2]}`"
+            )
             raise weights.corrupt_weights(what, found[0], found[1], fix) from err
 
     def train(self, mode: bool = True) -> VisualBackbone:
