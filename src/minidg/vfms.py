@@ -105,13 +105,7 @@ class BlockTokens(Adapter):
         super().__init__()
         self.tokens: list[torch.Tensor] = []
 
-    def forward(
-        self,
-        tokens: torch.Tensor,
-        layer: int,
-        depth: torch.Tensor | None = None,
-        grid: tuple[int, int] | None = None,
-    ) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, layer: int, *args: object) -> torch.Tensor:
         self.tokens.append(tokens)
         return tokens
 

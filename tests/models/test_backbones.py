@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from timm.layers import resample_patch_embed
 from torch import Tensor, nn
 
 from src.models.adapters.base import Adapter
 from src.models.backbones.depth import DepthBackbone, pair_depth_tokens
 from src.models.backbones.visual import VisualBackbone, default_out_indices
+from tests.conftest import CONF_DIR
 
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 FAMILIES = {
@@ -19,24 +21,8 @@ FAMILIES = {
     "clip": ("vit_large_patch14_clip_224", {}),
     "sam": ("samvit_huge_patch16", {"window_size": 2, "global_attn_indexes": (1,)}),
 }
-TINY_DEPTH = {
-    "backbone_config": {
-        "hidden_size": 32,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "patch_size": 14,
-        "image_size": 518,
-        "out_indices": [1, 2, 3, 4],
-        "apply_layernorm": True,
-        "reshape_hidden_states": False,
-    },
-    "reassemble_hidden_size": 32,
-    "patch_size": 14,
-    "neck_hidden_sizes": [8, 16, 32, 32],
-    "fusion_hidden_size": 16,
-    "head_hidden_size": 8,
-}
+#: the tiny random Depth Anything of the smoke runs, from its one home (conf/model/depth/tiny_random.yaml)
+TINY_DEPTH = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "depth" / "tiny_random.yaml").config)
 
 
 def tiny_visual(family: str, depth: int = 2, **kwargs) -> VisualBackbone:
