@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 
 from src.data.labels import CLASS_NAMES
 from src.metrics import mean_miou
-from src.utils.instantiate import build_module, build_trainer
+from src.utils.checkpoint import CheckpointError
+from src.utils.instantiate import build_module, build_trainer, check_config, instantiate_checked
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,11 @@ def write_tables(rows: list[dict[str, str]], out_dir: Path) -> tuple[Path, Path]
 
 def evaluate(cfg: DictConfig) -> list[dict[str, str]]:
     if not cfg.get("ckpt_path"):
-        raise ValueError("src.eval needs ckpt_path=/path/to/checkpoint.ckpt")
-    datamodule = hydra.utils.instantiate(cfg.data)
+        raise CheckpointError(
+            "src.eval needs a checkpoint to evaluate\n  fix: ckpt_path=/path/to/run/checkpoints/last.ckpt"
+        )
+    check_config(cfg)  # a wrong-typed value fails here with its key and fix, before anything is built
+    datamodule = instantiate_checked(cfg.data, "data")
     model = build_module(cfg)
     trainer = build_trainer(cfg)
     trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)

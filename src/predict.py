@@ -40,9 +40,12 @@ class PredictionError(ValueError, UserError):
     """The inputs or outputs of a prediction run are unusable: nothing found, unreadable, or a file at risk."""
 
 
-def load_weights(model: SegmentationModule, ckpt_path: str | Path) -> None:
-    """Load a trainable-only checkpoint safely and check that it was made for this model configuration."""
-    checkpoint = safe_torch_load(ckpt_path)
+def load_weights(model: SegmentationModule, ckpt_path: str | Path, checkpoint: dict | None = None) -> None:
+    """Load a trainable-only checkpoint safely and check that it was made for this model configuration.
+
+    ``checkpoint``: the file's contents if already read with :func:`safe_torch_load`.
+    """
+    checkpoint = safe_torch_load(ckpt_path) if checkpoint is None else checkpoint
     try:
         model.on_load_checkpoint(checkpoint)
     except CheckpointError as err:  # name the file: the model's check does not know it
@@ -85,12 +88,13 @@ def plan_outputs(in_dir: Path, out_dir: Path, overwrite: bool = False) -> list[t
     for path in files:
         by_name[out_dir / path.relative_to(in_dir).with_suffix(".png")].append(path)
     plan: list[tuple[Path, Path]] = []
+    renamed: list[tuple[list[Path], Path]] = []
     for target, sources in by_name.items():
         if len(sources) == 1:
             plan.append((sources[0], target))
         else:  # a.jpg and a.png: each keeps its suffix, a.jpg.png and a.png.png
             plan += [(src, target.with_name(src.name + ".png")) for src in sources]
-            log.warning("%s would all be written to %s: keeping their suffixes instead", _listing(sources), target)
+            renamed.append((sources, target))
     clashes = [t for t, n in Counter(t for _, t in plan).items() if n > 1]
     if clashes:
         raise PredictionError(
@@ -112,6 +116,8 @@ def plan_outputs(in_dir: Path, out_dir: Path, overwrite: bool = False) -> list[t
             f"output_dir={out_dir} already holds {len(existing)} of the {len(plan)} files this run would write: "
             f"{_listing(existing)}\n  fix: overwrite=true to replace them, or another output_dir"
         )
+    for sources, target in renamed:
+        log.warning("%s would all be written to %s: each keeps its suffix instead", _listing(sources), target)
     return plan
 
 
@@ -138,15 +144,15 @@ def predict_folder(cfg: DictConfig) -> list[Path]:
     check_config(cfg)
     in_dir, out_dir = Path(cfg.input_dir).expanduser(), Path(cfg.output_dir).expanduser()
     plan = plan_outputs(in_dir, out_dir, overwrite=bool(cfg.get("overwrite", False)))
+    checkpoint = safe_torch_load(cfg.ckpt_path)  # a missing or damaged file fails before the model is built
     model = build_module(cfg)
-    load_weights(model, cfg.ckpt_path)
+    load_weights(model, cfg.ckpt_path, checkpoint)
     device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(device).eval()
     depth_model = model.segmenter.depth_backbone
     if cfg.with_depth and depth_model is None:
         raise PredictionError(
-            "with_depth=true needs a model with a depth backbone (this adapter reads no depth)\n"
-            "  fix: with_depth=false"
+            "with_depth=true needs a model with a depth backbone (this adapter reads no depth)\n  fix: with_depth=false"
         )
     transform = build_test_transform(tuple(cfg.scale) if cfg.get("scale") else None)
     written: list[Path] = []

@@ -1,4 +1,4 @@
-"""Where the frozen VFMs' weights come from, and what to tell the user when they cannot be found.
+"""Where the frozen VFMs' weights come from, and what to tell the user when they cannot be found or are damaged.
 
 Compute nodes of many clusters have no internet. Both timm and transformers read the Hugging Face hub cache
 (``HF_HUB_CACHE``, default ``$HF_HOME/hub``), so one pre-download with ``scripts/download_weights.py`` on a
@@ -96,7 +96,7 @@ def _safetensors_problem(path: Path, size: int) -> str | None:
 
         with safe_open(str(path), framework="pt") as f:
             list(f.keys())
-    except Exception as err:  # noqa: BLE001 - any reader failure means the file is damaged
+    except Exception as err:  # any reader failure means the file is damaged
         return f"safetensors cannot read it ({type(err).__name__}: {err})"
     return None
 
@@ -115,7 +115,7 @@ def _torch_file_problem(path: Path) -> str | None:
             return f"the record {bad!r} of its zip archive fails its checksum"
     try:
         torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-    except Exception as err:  # noqa: BLE001 - any reader failure means the file is unusable
+    except Exception as err:  # any reader failure means the file is unusable
         return torch_load_problem(path, err)
     return None
 
@@ -170,7 +170,7 @@ def hub_snapshot(repo_id: str, cache_dir: str | None) -> Path | None:
 
     try:
         folder = snapshot_download(repo_id, cache_dir=cache_dir, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached (or no usable ref): nothing to inspect
+    except Exception:  # not cached (or no usable ref): nothing to inspect
         return None
     return Path(folder) if isinstance(folder, str) and Path(folder).is_dir() else None
 

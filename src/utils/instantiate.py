@@ -34,6 +34,8 @@ _EMPTY = inspect.Parameter.empty
 _PLAIN_INTERPOLATION = re.compile(r"^\$\{([A-Za-z_][\w.]*)\}$")
 #: the leading number of a mistyped one, ``1e-4x`` -> ``1e-4``
 _NUMBER_PREFIX = re.compile(r"^\s*[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?")
+#: stands for "a number" where a parameter has no annotation but a numeric default
+_NUMBER = typing.NewType("number", float)
 
 
 class ConfigTypeError(TypeError, UserError):
@@ -56,7 +58,7 @@ def _lookup(name: str) -> Any:
         if module is None and (module_name == _OWN_PACKAGE or module_name.startswith(f"{_OWN_PACKAGE}.")):
             try:
                 module = importlib.import_module(module_name)
-            except Exception:  # noqa: BLE001 - instantiate reports an unimportable target itself
+            except Exception:  # instantiate reports an unimportable target itself
                 module = None
         if module is None:
             continue
@@ -79,7 +81,7 @@ def _signature(target: Any) -> tuple[inspect.Signature | None, dict[str, Any]]:
     func = inspect.unwrap(target.__init__ if isinstance(target, type) else target)
     try:
         return sig, typing.get_type_hints(func)
-    except Exception:  # noqa: BLE001 - one unresolvable annotation (TYPE_CHECKING import): resolve the others
+    except Exception:  # one unresolvable annotation (TYPE_CHECKING import): resolve the others
         pass
     hints: dict[str, Any] = {}
     namespace = getattr(func, "__globals__", {})
@@ -89,7 +91,7 @@ def _signature(target: Any) -> tuple[inspect.Signature | None, dict[str, Any]]:
             holder = type("_Annotation", (), {"__annotations__": {"value": annotation}})
             try:
                 annotation = typing.get_type_hints(holder, namespace)["value"]
-            except Exception:  # noqa: BLE001 - leave this parameter unchecked
+            except Exception:  # leave this parameter unchecked
                 continue
         if annotation is not _EMPTY:
             hints[name] = annotation
@@ -208,10 +210,6 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-#: stands for "a number" where a parameter has no annotation but a numeric default
-_NUMBER = typing.NewType("number", float)
-
-
 def _plain(tp: Any) -> Any:
     """The annotation without null (Optional[X] -> X; a Union of several stays)."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
@@ -308,7 +306,7 @@ def _leaf(node: DictConfig | ListConfig, key: Any) -> tuple[bool, Any, str | Non
         value = node[key]
         if isinstance(value, (DictConfig, ListConfig)):
             value = OmegaConf.to_container(value, resolve=True)
-    except Exception:  # noqa: BLE001 - an interpolation only a running Hydra app resolves: not checked
+    except Exception:  # an interpolation only a running Hydra app resolves: not checked
         return False, None, source
     return True, value, source
 
@@ -317,7 +315,7 @@ def _check_target(node: DictConfig, key: str, problems: list[str]) -> None:
     """Check each key of a ``_target_`` node against its signature, then the nodes under it."""
     try:
         target_name = node["_target_"]
-    except Exception:  # noqa: BLE001
+    except Exception:
         target_name = None
     target = _lookup(target_name) if isinstance(target_name, str) else None
     sig, hints = _signature(target) if target is not None else (None, {})
@@ -443,7 +441,7 @@ def _readable(err: InstantiationException) -> InstantiationException:
 def _full_key(node: Any) -> str:
     try:
         return str(node._get_full_key(None) or "")
-    except Exception:  # noqa: BLE001
+    except Exception:
         return ""
 
 

@@ -1,4 +1,4 @@
-"""AdaptFormer baseline (Chen et al., NeurIPS 2022; docs/method.md D9): a bottleneck MLP in parallel with each block's MLP.
+"""AdaptFormer baseline (Chen et al., NeurIPS 2022; method D9): a bottleneck MLP in parallel with each block's MLP.
 
 Per block, with x' the tokens after attention and LN₂(x') the frozen MLP's input (AdaptFormer Eq. 2–3):
 x = x' + MLP-branch(x') + s·W_up·ReLU(W_down·LN₂(x')), s = 0.1. The branch is added to the block output, outside

@@ -1,4 +1,4 @@
-"""VPT-deep baseline (Jia et al., ECCV 2022; docs/method.md D9): P learnable prompt tokens joined to the sequence of every block.
+"""VPT-deep baseline (Jia et al., ECCV 2022; method D9): P learnable prompts joined to the sequence of every block.
 
 Block i sees [tokens, P_i]; its prompt outputs are dropped after the block, so the next block gets fresh prompts
 and the backbone (and its adapter call) never sees them. Where the prompts sit in the sequence does not change a

@@ -203,6 +203,8 @@ class VisualBackbone(nn.Module):
         model_kwargs: dict | None,
         cache_dir: str | None,
     ) -> nn.Module:
+        from src.models import weights  # the checks that tell a damaged weight file from other failures
+
         with_weights = pretrained or checkpoint_path is not None
         kwargs: dict = {"num_classes": 0, "patch_size": patch_size}
         if not _is_sam(model_name):
@@ -212,8 +214,6 @@ class VisualBackbone(nn.Module):
             # model then resamples both in forward for any input size (docs/method.md L2).
             kwargs["img_size"] = img_size
         kwargs |= dict(model_kwargs or {})
-        from src.models import weights  # the checks that tell a damaged weight file from other failures
-
         what, fetch = f"timm model {model_name!r}", f"--timm {model_name}"
         download = f"`python {weights.DOWNLOAD_SCRIPT} {fetch} --cache-dir <dir>`"
         if checkpoint_path is not None:
