@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 
 import hydra
@@ -18,11 +17,8 @@ import pytest
 import torch
 
 from src.models.adapters.base import Adapter
-from src.models.adapters.rein import ReinAdapter
-from src.models.backbones.visual import VisualBackbone
-from src.models.heads.mask2former import Mask2FormerHead
-from src.models.segmenter import Segmenter
 from src.utils.checkpoint import safe_torch_load
+from src.utils.instantiate import build_module
 from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,12 +101,25 @@ def test_a_new_dataset_is_generated_checked_and_read_as_a_target(user_dir: Path,
     assert batch["label"].shape == (1, 32, 64) and batch["image"].shape[1] == 3
 
 
-def test_a_new_backbone_family_runs_a_segmenter(user_dir: Path) -> None:
-    import my_backbones.beit  # noqa: F401  (registers the family)
-
+def test_a_new_backbone_family_builds_from_its_config_and_trains(user_dir: Path, tmp_path: Path) -> None:
+    cfg = compose_config(
+        [
+            "experiment=smoke",
+            "model/backbone=beit_b",
+            f"hydra.searchpath=[file://{user_dir / 'my_conf'}]",
+            "model.segmenter.visual_backbone.img_size=64",
+            "+model.segmenter.visual_backbone.model_kwargs={embed_dim: 64, depth: 2, num_heads: 2}",
+            "ablation=rein",
+        ],
+        tmp_path,
+    )
     torch.manual_seed(0)
-    kwargs = dict(embed_dim=64, depth=2, num_heads=2)
-    backbone = VisualBackbone("beit_base_patch16_224", img_size=64, patch_size=16, model_kwargs=kwargs)
+    segmenter = build_module(cfg).segmenter  # imports my_backbones.beit (the config's `imports`), then builds
+    backbone = segmenter.visual_backbone
+    from timm.models.beit import Beit
+
+    assert isinstance(backbone.model, Beit)
+
     images = torch.randn(2, 3, 64, 64)
     before_norm = {}
     backbone.model.norm.register_forward_hook(lambda m, args, out: before_norm.setdefault("x", args[0]))
@@ -125,10 +134,6 @@ def test_a_new_backbone_family_runs_a_segmenter(user_dir: Path) -> None:
     backbone(images, Record())
     torch.testing.assert_close(recorded[1], before_norm["x"][:, 1:], rtol=0, atol=0)
 
-    head = partial(Mask2FormerHead, num_queries=10, hidden_dim=32, feature_size=32, mask_feature_size=32,
-                   encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=64,
-                   encoder_feedforward_dim=64, train_num_points=64)  # fmt: skip
-    segmenter = Segmenter(backbone, head, token_adapter=partial(ReinAdapter, num_tokens=10, rank=4, query_dim=32))
     segmenter.loss(images, torch.randint(0, 19, (2, 64, 64)))["loss"].backward()
     assert segmenter.token_adapter.learnable_tokens_a.grad.abs().sum() > 0
     assert all(p.grad is None for p in backbone.parameters())

@@ -461,12 +461,27 @@ def instantiate_checked(node: Any, key: str | None = None, **kwargs: Any) -> Any
         raise readable from err.__cause__
 
 
+def import_requested(cfg: DictConfig) -> None:
+    """Import the modules listed in the run config's ``imports`` (e.g. one that registers a backbone family with
+    ``register_family``, docs/extending.md §3), before anything is built. Hydra imports ``_target_`` modules
+    itself; this is for modules that only register something."""
+    for name in cfg.get("imports") or []:
+        try:
+            importlib.import_module(str(name))
+        except ImportError as err:
+            raise ConfigTypeError(
+                f"imports: cannot import {name!r} ({type(err).__name__}: {err})\n"
+                "  fix: put the folder that holds it on PYTHONPATH, or remove it from `imports`"
+            ) from err
+
+
 def build_module(cfg: DictConfig) -> SegmentationModule:
     """Instantiate ``cfg.model`` and hand it the resolved segmenter config, which checkpoints record.
 
     The whole run config is type-checked first (:func:`check_config`), so a wrong value anywhere (data, trainer,
     callbacks) fails before the model, the heavy part, is built.
     """
+    import_requested(cfg)
     check_config(cfg)
     module = instantiate_checked(cfg.model, "model")
     # set afterwards: passed to instantiate, its _target_ entries would be instantiated too
