@@ -1,4 +1,4 @@
-"""Decode and decode+augment throughput of one data-loading worker, with the real training pipeline (docs/method.md §6.3).
+"""Decode and decode+augment throughput of one data-loading worker, with the real training pipeline (method §6.3).
 
 Writes generated PNG datasets at full size (GTA5 1914x1052, Cityscapes 2048x1024 by default) to a temporary
 folder, then times `dataset.load` (image + label decode, label lookup) and the train transform on decoded pairs,

@@ -1,4 +1,4 @@
-"""DepthRefinementDecoder against docs/method.md §4: the equations written out independently, and the parameter counts."""
+"""DepthRefinementDecoder against method §4: the equations written out independently, and the parameter counts."""
 
 import pytest
 import torch
@@ -30,7 +30,7 @@ def upsampled(maps: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def reference_implemented(drd: DepthRefinementDecoder, maps: list[torch.Tensor]) -> torch.Tensor:
-    """docs/method.md §4.1 with F.conv2d: shared gate a = σ(W₂ ReLU(W₁X)), m = σ(conv3×3(X⊙a)); X₀ + W_f [gated levels]."""
+    """Method §4.1 with F.conv2d: shared gate a = σ(W₂ ReLU(W₁X)), m = σ(conv3×3(X⊙a)); X₀ + W_f [gated levels]."""
     squeeze, excite = drd.channel_attention[0], drd.channel_attention[2]
     spatial = drd.spatial_attention[0]
     gated = []

@@ -1,4 +1,4 @@
-"""The paper's real configurations, built without weights: parameter counts (docs/method.md §2.5, §4.1, §5.2) and a forward."""
+"""The paper's real configurations, built without weights: parameter counts (method §2.5, §4.1, §5.2) and a forward."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_vit_l_depthforge_counts(backbone, tmp_path):
 def test_sam_h_counts_match_the_paper(ablation, tmp_path):
     seg = build(tmp_path, "model/backbone=sam_h", f"ablation={ablation}")
     assert seg.visual_backbone.num_layers == 32 and seg.visual_backbone.embed_dim == 1280
-    assert count(seg.token_adapter) == 4_510_721  # depth adds no parameter (docs/method.md D1: zero-padded 1024 -> 1280)
+    assert count(seg.token_adapter) == 4_510_721  # depth adds no parameter (method D1: zero-padded 1024 -> 1280)
     assert (seg.depth_backbone is not None) == (ablation == "depthforge")
 
 

@@ -81,7 +81,7 @@ def build_train_transform(
 
 
 def build_test_transform(scale: tuple[int, int] | None = (1024, 512)) -> A.Compose:
-    """docs/method.md §6.4: keep-ratio resize of the image only into `scale` = (w_max, h_max) (None: no resize), normalise.
+    """Method §6.4: keep-ratio resize of the image only into `scale` = (w_max, h_max) (None: no resize), normalise.
 
     The label passes through at its original resolution.
     """
