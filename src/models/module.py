@@ -3,14 +3,18 @@ checkpoints. The model itself — its forward, loss and parameter groups — is 
 
 from __future__ import annotations
 
+import random
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 
+from src.callbacks._dist import gather_objects
 from src.data.labels import CLASS_NAMES
 from src.metrics import SegmentationIoU, mean_miou
 from src.models.inference import slide_inference
@@ -24,8 +28,8 @@ class SegmentationModule(L.LightningModule):
 
     ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_: true``): the optimiser receives the segmenter's
     parameter groups (method §7.1) and scales its own ``lr``/``weight_decay`` by each group's multipliers; the
-    scheduler receives ``max_lr`` (one per group) and ``total_steps`` from the trainer, and is stepped every
-    iteration (method D5). Validation and test run :func:`slide_inference` with ``slide`` =
+    scheduler (:mod:`src.models.schedules`) receives the optimiser and the trainer's ``total_steps``, and is stepped
+    every iteration (method D5). Validation and test run :func:`slide_inference` with ``slide`` =
     ``{crop, stride, max_batch}`` (the model config is its one home). ``model_config`` (the resolved model config)
     is stored in every checkpoint and compared on load, so a checkpoint made for another configuration is refused with
     the differences named.
@@ -84,16 +88,7 @@ class SegmentationModule(L.LightningModule):
         apply_multipliers(optimizer)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        total = int(self.trainer.estimated_stepping_batches)
-        try:
-            scheduler = self.scheduler_factory(
-                optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total
-            )
-        except ZeroDivisionError as err:  # torch's OneCycleLR with a one-step warm-up phase
-            raise ValueError(
-                f"the learning-rate schedule cannot be built for total_steps={total}: a schedule phase is a single "
-                "step (OneCycle: pct_start·total_steps = 1); change trainer.max_steps or model.scheduler.pct_start"
-            ) from err
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ evaluation
@@ -154,12 +149,13 @@ class SegmentationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable tensors (method D10); record the model config and the RNG state for exact resume."""
+        """Keep only trainable tensors (method D10); record the model config and, for an exact resume, the random
+        state of every rank (torch, CUDA, numpy, Python): each rank's stream differs (the head samples points with
+        the global RNG, on different images per rank), so each rank must get its own back (a collective under DDP:
+        Lightning calls this hook on every rank)."""
         checkpoint["state_dict"] = {f"segmenter.{k}": v for k, v in self.segmenter.trainable_state_dict().items()}
         checkpoint["model_config"] = self.model_config
-        checkpoint["rng"] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["rng"] = {"ranks": gather_objects(self._rng_state())}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("model_config")
@@ -172,7 +168,54 @@ class SegmentationModule(L.LightningModule):
             {k.removeprefix("segmenter."): v for k, v in checkpoint["state_dict"].items()}
         )
         rng = checkpoint.get("rng", {})
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        if "ranks" in rng:
+            self._restore_rng_state(self._own_rng_state(rng["ranks"]))
+        elif "torch" in rng:  # checkpoints written before per-rank states: rank 0's torch/CUDA state only
+            self._restore_rng_state(rng)
+
+    def _own_rng_state(self, ranks: list[dict[str, Any]]) -> dict[str, Any]:
+        """This rank's saved random state; with another number of processes than the checkpoint's, rank r takes
+        rank r mod n's (the run goes on, but cannot repeat the uninterrupted one exactly: said once)."""
+        attached = self._trainer is not None
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if attached else (0, 1)
+        if len(ranks) != world and rank == 0:
+            warnings.warn(
+                f"this checkpoint was written by {len(ranks)} process(es) and is resumed by {world}: training goes "
+                "on, but the random streams and data shards of the ranks differ from an uninterrupted run's, so the "
+                "result is not bit-identical to it",
+                stacklevel=2,
+            )
+        return ranks[rank % len(ranks)]
+
+    @staticmethod
+    def _rng_state() -> dict[str, Any]:
+        """This process's random state in types that ``torch.load(weights_only=True)`` accepts."""
+        _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+        version, internal, gauss = random.getstate()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": {
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            },
+            "python": {"version": version, "state": list(internal), "gauss": gauss},
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    @staticmethod
+    def _restore_rng_state(state: dict[str, Any]) -> None:
+        if "torch" in state:
+            torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        if "numpy" in state:
+            n = state["numpy"]
+            keys = n["keys"].numpy().astype(np.uint32)
+            np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+        if "python" in state:
+            p = state["python"]
+            random.setstate((p["version"], tuple(p["state"]), p["gauss"]))

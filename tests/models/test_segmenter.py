@@ -137,7 +137,7 @@ def test_onecycle_schedule_matches_the_paper_recipe(tmp_path):
     cfg = compose_config(["experiment=gta2citys"], tmp_path)
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = hydra.utils.instantiate(cfg.model.optimizer)([{"params": [param], "lr": 1e-4}])
-    scheduler = hydra.utils.instantiate(cfg.model.scheduler)(optimizer, max_lr=[1e-4], total_steps=50000)
+    scheduler = hydra.utils.instantiate(cfg.model.scheduler)(optimizer, total_steps=50000)
     expected = {0: 1.0e-5, 2500: 5.50e-5, 4999: 1.0e-4, 25000: 5.91e-5, 40000: 1.26e-5, 49999: 1.0e-6}
     lrs = {}
     for step in range(50000):
@@ -148,3 +148,28 @@ def test_onecycle_schedule_matches_the_paper_recipe(tmp_path):
     for step, lr in expected.items():
         assert lrs[step] == pytest.approx(lr, rel=0.01), step
     assert optimizer.param_groups[0]["betas"] == (0.9, 0.999)  # momentum is not cycled
+
+
+def test_poly_schedule_is_mmseg_polylr():
+    """lr = (lr0 - eta_min)·(1 - t/T)^0.9 + eta_min per group, the authors' REIN-style baseline schedule."""
+    from src.models.schedules import poly
+
+    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.AdamW([{"params": [params[0]], "lr": 1e-4}, {"params": [params[1]], "lr": 1e-5}])
+    scheduler = poly(optimizer, total_steps=100, power=0.9, eta_min=1e-6)
+    seen = []
+    for _ in range(101):
+        seen.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    for t in (0, 37, 99, 100):
+        for lr0, lr in zip((1e-4, 1e-5), seen[t]):
+            assert lr == pytest.approx((lr0 - 1e-6) * (1 - t / 100) ** 0.9 + 1e-6, rel=1e-9)
+
+
+def test_a_one_step_warm_up_is_refused_with_the_fix():
+    from src.models.schedules import one_cycle
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    with pytest.raises(ValueError, match="pct_start.*trainer.max_steps"):
+        one_cycle(optimizer, total_steps=10, pct_start=0.1)
