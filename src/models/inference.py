@@ -25,12 +25,15 @@ def slide_inference(
     predict: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     num_classes: int,
-    crop: int = 512,
-    stride: int = 341,
+    *,
+    crop: int,
+    stride: int,
     max_batch: int | None = None,
     out_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Average ``predict`` over sliding windows and resize to ``out_size`` (bilinear, align_corners=False).
+
+    ``crop`` and ``stride`` have no defaults: the model config's ``slide`` is their one home (the paper's 512/341).
 
     ``predict(crops (n,3,h,w)) -> (n,K,h,w)``. The windows of all images are stacked into one batch (split into
     chunks of ``max_batch`` if given). Every window has the same size because images smaller than ``crop`` in a

@@ -27,7 +27,7 @@ def _toy_model(crops: torch.Tensor) -> torch.Tensor:
 def test_batched_equals_window_loop(h, w):
     torch.manual_seed(0)
     images = torch.randn(2, 3, h, w)
-    out = slide_inference(_toy_model, images, num_classes=5, out_size=(h + 10, w - 7))
+    out = slide_inference(_toy_model, images, num_classes=5, crop=512, stride=341, out_size=(h + 10, w - 7))
     canvas = torch.zeros(2, 5, h, w)
     count = torch.zeros(1, 1, h, w)
     for y1, y2, x1, x2 in window_grid(h, w, 512, 341):  # the reference: one window at a time
@@ -35,7 +35,9 @@ def test_batched_equals_window_loop(h, w):
         count[:, :, y1:y2, x1:x2] += 1
     ref = F.interpolate(canvas / count, size=(h + 10, w - 7), mode="bilinear", align_corners=False)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
-    chunked = slide_inference(_toy_model, images, num_classes=5, out_size=(h + 10, w - 7), max_batch=2)
+    chunked = slide_inference(
+        _toy_model, images, num_classes=5, crop=512, stride=341, out_size=(h + 10, w - 7), max_batch=2
+    )
     torch.testing.assert_close(chunked, ref, rtol=1e-5, atol=1e-6)
 
 
@@ -46,5 +48,5 @@ def test_all_windows_run_as_one_batch():
         calls.append(crops.shape[0])
         return crops.new_zeros(crops.shape[0], 4, *crops.shape[-2:])
 
-    slide_inference(model, torch.zeros(1, 3, 720, 1280), num_classes=4)
+    slide_inference(model, torch.zeros(1, 3, 720, 1280), num_classes=4, crop=512, stride=341)
     assert calls == [8]
