@@ -26,7 +26,7 @@ class Segmenter(nn.Module):
     ``token_adapter(num_layers, embed_dim)``, ``refinement_decoder(input_shape)`` and
     ``mask_head(input_shape, replace_query_feat)``, where ``input_shape`` is the previous part's
     ``output_shape()`` and ``replace_query_feat`` the adapter's ``provides_queries``. ``depth_backbone`` is a
-    factory too (``depth_backbone(visual_patch_size)``), so the depth VFM is only built when the adapter reads
+    factory too (``depth_backbone(visual_patch_size, img_size)``), so the depth VFM is only built when the adapter reads
     depth. ``train_backbone=True`` is the "full" fine-tuning baseline (the visual VFM trains at
     ``backbone_lr_mult``). ``lr_mult`` maps name substrings to learning-rate multipliers, as mmseg's
     ``custom_keys`` ``lr_mult`` (the longest matching key wins); the paper's configs use none. A key that matches
@@ -56,8 +56,10 @@ class Segmenter(nn.Module):
         self._vfm_param_names = {f"visual_backbone.{n}" for n, _ in visual_backbone.named_parameters()}
         self.token_adapter.attach(visual_backbone)
         self.depth_backbone = None
-        if self.token_adapter.uses_depth and depth_backbone:  # its patch conversion targets the visual patch size
-            self.depth_backbone = depth_backbone(visual_patch_size=visual_backbone.patch_size)
+        if self.token_adapter.uses_depth and depth_backbone:  # its patch/grid conversion targets the visual ones
+            self.depth_backbone = depth_backbone(
+                visual_patch_size=visual_backbone.patch_size, img_size=visual_backbone.img_size
+            )
         if self.token_adapter.uses_depth and self.depth_backbone is None:
             raise ValueError(f"{type(self.token_adapter).__name__} reads depth tokens but no depth_backbone is set")
         shape = visual_backbone.output_shape()

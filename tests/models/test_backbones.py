@@ -185,6 +185,20 @@ def test_depth_tokens_count_and_grid_checked() -> None:
         bb(torch.randn(1, 3, 64, 64), depth_tokens=[torch.randn(1, 9, 8)] * 2)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_visual_vfm_declares_no_parameter_without_weight_decay(family: str) -> None:
+    """``full`` baseline: the authors' ``backbone`` key outranks ``norm``, so the VFM's norms keep weight decay."""
+    assert tiny_visual(family).no_weight_decay() == set()
+
+
+def test_class_defaults_are_timms_and_transformers(depth_resize: DepthBackbone) -> None:
+    """The paper configs opt in to the authors' conversions; the class defaults (MiniDG, smoke runs) are unchanged."""
+    bb = tiny_visual("dinov2")
+    assert (bb.conversion, bb.pos_embed_resize) == ("timm", "timm")
+    assert (depth_resize.align, depth_resize.pos_embed_resize) == ("resize_input", "transformers")
+    assert "interpolate_pos_encoding" not in vars(depth_resize.model.backbone.embeddings)
+
+
 def test_unsupported_family_rejected() -> None:
     with pytest.raises(ValueError, match="VisionTransformer, Eva, VisionTransformerSAM"):
         VisualBackbone("resnet18", img_size=64)
@@ -235,18 +249,25 @@ def test_depth_grid_matches_visual_grid_resize_input(depth_resize: DepthBackbone
     visual(images, adapter=Recorder(), depth_tokens=paired)  # the visual stream accepts them as they are
 
 
-def test_depth_resample_patch_mode(depth_resize: DepthBackbone, tmp_path) -> None:
+@pytest.mark.parametrize("conversion", ["authors", "timm"])
+def test_depth_resample_patch_mode(depth_resize: DepthBackbone, tmp_path, conversion: str) -> None:
     depth_resize.model.save_pretrained(tmp_path)
-    depth = DepthBackbone(pretrained=str(tmp_path), align="resample_patch", visual_patch_size=16)
+    depth = DepthBackbone(pretrained=str(tmp_path), align="resample_patch", visual_patch_size=16, conversion=conversion)
     images = torch.randn(2, 3, 48, 80)
     tokens = depth(images, tiny_visual("dinov2").grid_size(48, 80))
     assert depth.patch_size == 16 and all(t.shape == (2, 15, 32) for t in tokens)
 
-    # reference: the authors' conversion written out by hand (kernel 14→16 bicubic, pos-embed 37²→grid bicubic)
+    # reference, written out by hand. authors: kernel 14→16 bicubic, pos-embed 37²→32² bicubic at load;
+    # timm: kernel by timm's pseudo-inverse, pos-embed kept at 37². Then transformers resizes to the grid (bicubic).
     emb = depth_resize.model.backbone.embeddings
-    kernel = resample_patch_embed(emb.patch_embeddings.projection.weight, [16, 16])
+    weight, pos = emb.patch_embeddings.projection.weight, emb.position_embeddings[:, 1:]
+    pos = pos.reshape(1, 37, 37, 32).permute(0, 3, 1, 2)
+    if conversion == "authors":
+        kernel = F.interpolate(weight, size=(16, 16), mode="bicubic", align_corners=False)
+        pos = F.interpolate(pos, size=(32, 32), mode="bicubic", align_corners=False)
+    else:
+        kernel = resample_patch_embed(weight, [16, 16])
     patches = F.conv2d(images, kernel, emb.patch_embeddings.projection.bias, stride=16).flatten(2).transpose(1, 2)
-    pos = emb.position_embeddings[:, 1:].reshape(1, 37, 37, 32).permute(0, 3, 1, 2)
     pos = F.interpolate(pos, size=(3, 5), mode="bicubic", align_corners=False).flatten(2).transpose(1, 2)
     x = torch.cat([emb.cls_token.expand(2, -1, -1), patches], 1) + torch.cat([emb.position_embeddings[:, :1], pos], 1)
     with torch.no_grad():

@@ -6,6 +6,7 @@ The token grid is aligned to the visual backbone's grid as chosen in SPEC D1.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from timm.layers import resample_patch_embed
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForDepthEstimation, PreTrainedModel
 
+from src.models.conversions import bicubic_patch_embed, bicubic_pos_embed, scale_factor_pos_embed
 from src.models.weights import hub_offline, missing_weights
 
 #: DepthAnythingForDepthEstimation rejects a plain 'sdpa'; its DINOv2 backbone supports it (API-NOTES §3).
@@ -36,17 +38,26 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "~", "/")) or name.count("/") > 1 or Path(name).expanduser().exists()
 
 
-def _resample_patch(model: PreTrainedModel, patch: int) -> None:
-    """SPEC D1 ``resample_patch``: resize the patch kernel bicubically (the authors' converter, §1.2).
+def _resample_patch(
+    model: PreTrainedModel, patch: int, conversion: Literal["authors", "timm"], img_size: int | Sequence[int]
+) -> None:
+    """D1 ``resample_patch``: convert the encoder to patch ``patch`` at load time (docs/method.md §1.2, D1).
 
-    Every place HF reads the patch size is updated so the encoder, its pos-embed interpolation and the DPT head
-    all see the new grid; the pos-embed itself is interpolated to the grid at run time by HF Dinov2.
+    ``conversion="authors"``: the authors' converter, a plain bicubic resize of the 14×14 kernel
+    (:func:`~src.models.conversions.bicubic_patch_embed`) and of the stored position grid to the ``img_size //
+    patch`` grid (37² → 32² for the 512 crop, :func:`~src.models.conversions.bicubic_pos_embed`).
+    ``conversion="timm"``: timm's pseudo-inverse kernel resampling (``resample_patch_embed``); the stored 37² grid is
+    kept and resized to each input's grid at run time. Every place HF reads the patch size (or the image size)
+    is updated, so the encoder, its pos-embed interpolation and the DPT head all see the new grid.
     """
     embeddings = model.backbone.embeddings
     old = embeddings.patch_embeddings.projection
     new = nn.Conv2d(old.in_channels, old.out_channels, kernel_size=patch, stride=patch)
     with torch.no_grad():
-        new.weight.copy_(resample_patch_embed(old.weight, [patch, patch]))
+        if conversion == "authors":
+            new.weight.copy_(bicubic_patch_embed(old.weight, patch))
+        else:
+            new.weight.copy_(resample_patch_embed(old.weight, [patch, patch]))
         new.bias.copy_(old.bias)
     embeddings.patch_embeddings.projection = new
     embeddings.patch_embeddings.patch_size = (patch, patch)
@@ -54,6 +65,39 @@ def _resample_patch(model: PreTrainedModel, patch: int) -> None:
     model.backbone.config.patch_size = patch
     model.config.patch_size = patch
     model.head.patch_size = patch
+    if conversion == "authors":
+        size = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+        grid = (size[0] // patch, size[1] // patch)
+        with torch.no_grad():
+            pos = bicubic_pos_embed(embeddings.position_embeddings, grid, num_prefix=1)
+        embeddings.position_embeddings = nn.Parameter(pos, requires_grad=False)
+        embeddings.patch_embeddings.image_size = size
+        embeddings.patch_embeddings.num_patches = grid[0] * grid[1]
+        model.backbone.config.image_size = size[0] if size[0] == size[1] else list(size)
+
+
+def _authors_interpolate_pos_encoding(self: nn.Module, embeddings: Tensor, height: int, width: int) -> Tensor:
+    """Depth Anything V2's own run-time rule (its DINOv2's ``interpolate_pos_encoding``: bicubic by the scale factor
+    (g + 0.1)/√N, no antialias), bound in place of transformers' ``Dinov2Embeddings.interpolate_pos_encoding``
+    (bicubic to the target grid) on one embeddings instance by :func:`use_authors_pos_embed_resize`."""
+    patch_h, patch_w = self.patch_embeddings.patch_size
+    grid = (height // patch_h, width // patch_w)
+    return scale_factor_pos_embed(
+        self.position_embeddings, grid, num_prefix=1, image_size=(height, width), dtype=embeddings.dtype
+    )
+
+
+def use_authors_pos_embed_resize(model: PreTrainedModel) -> None:
+    """Make this model's DINOv2 encoder resize its position embedding as the authors' encoder does at run time.
+
+    The method is replaced on this model's embeddings module only (an instance attribute bound with
+    ``types.MethodType``); the class, other models and the weights are untouched. ``Dinov2Embeddings.forward``
+    calls ``self.interpolate_pos_encoding(embeddings, height, width)`` and so finds the instance's method.
+    """
+    embeddings = model.backbone.embeddings
+    if not hasattr(embeddings, "interpolate_pos_encoding") or not hasattr(embeddings, "position_embeddings"):
+        raise ValueError(f"{type(embeddings).__name__} is not a DINOv2 embedding; pos_embed_resize='authors' needs one")
+    embeddings.interpolate_pos_encoding = types.MethodType(_authors_interpolate_pos_encoding, embeddings)
 
 
 class DepthBackbone(nn.Module):
@@ -64,6 +108,12 @@ class DepthBackbone(nn.Module):
     (``depth_anything`` or ``prompt_depth_anything``) for tests and hub-less smoke runs. ``align``: SPEC D1;
     ``visual_patch_size`` is the kernel size ``resample_patch`` converts to. ``local_files_only`` defaults to
     ``HF_HUB_OFFLINE``.
+
+    ``resample_patch`` only: ``conversion="authors"`` (default) resizes the kernel bicubically and the stored
+    position grid to ``img_size // visual_patch_size`` as the authors' converter does; ``"timm"`` resamples the
+    kernel with timm's pseudo-inverse and keeps the stored grid. ``pos_embed_resize``: how the encoder resizes its
+    position embedding to an input's grid at run time, ``"transformers"`` (default: bicubic to the target grid) or
+    ``"authors"`` (Depth Anything V2's DINOv2: bicubic by the scale factor (g + 0.1)/√N), in either ``align``.
     """
 
     def __init__(
@@ -75,12 +125,19 @@ class DepthBackbone(nn.Module):
         cache_dir: str | None = None,
         local_files_only: bool | None = None,
         visual_patch_size: int = 16,
+        conversion: Literal["authors", "timm"] = "authors",
+        img_size: int | Sequence[int] = 512,
+        pos_embed_resize: Literal["transformers", "authors"] = "transformers",
     ) -> None:
         super().__init__()
         if (pretrained is None) == (config is None):
             raise ValueError("give exactly one of `pretrained` (hub id or directory) and `config` (random init)")
         if align not in ("resize_input", "resample_patch"):
             raise ValueError(f"align must be 'resize_input' or 'resample_patch', got {align!r}")
+        if conversion not in ("authors", "timm"):
+            raise ValueError(f"conversion must be 'authors' or 'timm', got {conversion!r}")
+        if pos_embed_resize not in ("transformers", "authors"):
+            raise ValueError(f"pos_embed_resize must be 'transformers' or 'authors', got {pos_embed_resize!r}")
         if pretrained is not None:
             offline = hub_offline() if local_files_only is None else local_files_only
             self.model = self._load(pretrained, cache_dir, offline)
@@ -92,10 +149,14 @@ class DepthBackbone(nn.Module):
                 AutoConfig.for_model(model_type, **config), attn_implementation=dict(_ATTN)
             )
         if align == "resample_patch":
-            _resample_patch(self.model, visual_patch_size)
+            _resample_patch(self.model, visual_patch_size, conversion, img_size)
+        if pos_embed_resize == "authors":
+            use_authors_pos_embed_resize(self.model)
         self.model.requires_grad_(False).eval()
 
         self.align = align
+        self.conversion = conversion
+        self.pos_embed_resize = pos_embed_resize
         backbone_config = self.model.backbone.config
         self.num_layers: int = backbone_config.num_hidden_layers
         self.embed_dim: int = backbone_config.hidden_size

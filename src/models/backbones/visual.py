@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import timm
 import torch
 import torch.nn.functional as F
+from timm.models import eva, vision_transformer
 from timm.models._manipulate import checkpoint
 from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
@@ -20,7 +23,8 @@ from timm.models.vision_transformer_sam import VisionTransformerSAM
 from torch import Tensor, nn
 
 from src.models.adapters.base import Adapter
-from src.models.parts import ShapeSpec, norm_parameter_names
+from src.models.conversions import bicubic_patch_embed, bicubic_pos_embed, scale_factor_pos_embed
+from src.models.parts import ShapeSpec
 from src.models.weights import missing_weights, timm_weight_source
 
 #: Image strides of the 4 output levels (docs/method.md §1.1). A patch-16 ViT resamples its grid ×4, ×2, ×1, ×½.
@@ -29,6 +33,11 @@ LEVEL_STRIDES = (4, 8, 16, 32)
 
 #: A step receives (layer index, patch tokens (B, N, C)) after each block and returns the patch tokens.
 BlockStep = Callable[[int, Tensor], Tensor]
+
+#: ``conversion``: how weights stored at another patch / grid size are converted at load (docs/method.md D2)
+Conversion = Literal["timm", "authors"]
+#: ``pos_embed_resize``: how the position embedding follows an input whose grid differs from the stored one
+PosEmbedResize = Literal["timm", "authors"]
 
 
 def default_out_indices(num_layers: int) -> list[int]:
@@ -55,10 +64,41 @@ def with_patches(x: Tensor, num_prefix: int, step: BlockStep, layer: int) -> Ten
     return torch.cat([x[:, :num_prefix], step(layer, x[:, num_prefix:])], dim=1)
 
 
-def _vit_blocks(model: VisionTransformer, images: Tensor, step: BlockStep) -> None:
-    """DINOv2 / CLIP / plain ViT: exactly ``forward_features`` up to (not including) the final norm."""
+def _timm_pos_embed(model: VisionTransformer, x: Tensor, image_size: Sequence[int]) -> Tensor:
+    """timm's own step: prefix tokens + the position embedding resized to the grid by target size, antialiased."""
+    return model._pos_embed(x)
+
+
+def _dinov2_pos_embed(model: VisionTransformer, x: Tensor, image_size: Sequence[int]) -> Tensor:
+    """timm's ``VisionTransformer._pos_embed`` with DINOv2's run-time resize (:func:`scale_factor_pos_embed`: bicubic
+    by the scale factor (g + 0.1)/√N, no antialias) in place of timm's; the authors' DINOv2 does this in forward."""
+    if x.ndim == 4:  # dynamic_img_size: (B, g_h, g_w, C)
+        grid = x.shape[1:3]
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+    else:
+        grid = model.patch_embed.grid_size
+    prefix = [t.expand(x.shape[0], -1, -1) for t in (model.cls_token, model.reg_token) if t is not None]
+    if model.pos_embed is None:
+        return torch.cat([*prefix, x], dim=1)
+    num_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+    pos_embed = scale_factor_pos_embed(model.pos_embed, grid, num_prefix, image_size=image_size, dtype=x.dtype)
+    if model.no_embed_class:
+        x = torch.cat([*prefix, x + pos_embed], dim=1)
+    else:
+        x = torch.cat([*prefix, x], dim=1) + pos_embed
+    return model.pos_drop(x)
+
+
+def _vit_blocks(
+    model: VisionTransformer,
+    images: Tensor,
+    step: BlockStep,
+    pos_embed: Callable[[VisionTransformer, Tensor, Sequence[int]], Tensor] = _timm_pos_embed,
+) -> None:
+    """DINOv2 / CLIP / plain ViT: exactly ``forward_features`` up to (not including) the final norm; ``pos_embed``
+    replaces timm's position-embedding step (``pos_embed_resize="authors"``: :func:`_dinov2_pos_embed`)."""
     x = model.patch_embed(images)
-    x = model._pos_embed(x)
+    x = pos_embed(model, x, images.shape[-2:])
     x = model.patch_drop(x)
     x = model.norm_pre(x)
     for i, block in enumerate(model.blocks):
@@ -154,12 +194,79 @@ def _create(model_name: str, **kwargs: object) -> nn.Module:
         raise ValueError(f"{model_name!r} cannot be built as a backbone of a family {_supported()}: {err}") from err
 
 
+#: timm's checkpoint filter of each family the authors' conversion supports: it still converts the checkpoint's
+#: layout (DINOv2's own key names, EVA's prefixes); the patch kernel and the position grid bypass it
+_LAYOUT_FILTERS: dict[type[nn.Module], Callable[[dict, nn.Module], dict]] = {
+    VisionTransformer: vision_transformer.checkpoint_filter_fn,
+    Eva: eva.checkpoint_filter_fn,
+}
+
+
+def authors_checkpoint_filter(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """timm's checkpoint filter with the authors' conversion (docs/method.md D2) in place of timm's resampling.
+
+    ``patch_embed.proj.weight`` and ``pos_embed`` are taken out and converted by :func:`bicubic_patch_embed` (a
+    kernel of another size) and :func:`bicubic_pos_embed` (a grid other than the model's), the rest goes through
+    the family's own timm filter for its layout only. Needs a checkpoint in timm's or DINOv2's own layout, without
+    register tokens in DINOv2's layout (their position embedding is rearranged by timm).
+    """
+    layout_filter = next((f for cls, f in _LAYOUT_FILTERS.items() if isinstance(model, cls)), None)
+    if layout_filter is None:
+        raise ValueError(f"conversion='authors' supports ViT and EVA models, not {type(model).__name__}")
+    for key in ("model", "state_dict"):
+        state_dict = state_dict.get(key, state_dict)
+    state_dict = dict(state_dict)
+    kernel = state_dict.pop("patch_embed.proj.weight", None)
+    pos_embed = state_dict.pop("pos_embed", None)
+    if kernel is None or pos_embed is None or "register_tokens" in state_dict:
+        raise ValueError(
+            "conversion='authors' needs a checkpoint in timm's or DINOv2's layout (keys 'patch_embed.proj.weight' "
+            "and 'pos_embed', no DINOv2 'register_tokens'); load this one with conversion='timm'"
+        )
+    out = layout_filter(state_dict, model)
+    target = model.patch_embed.proj.weight.shape[-2:]
+    out["patch_embed.proj.weight"] = kernel if kernel.shape[-2:] == target else bicubic_patch_embed(kernel, target)
+    num_prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+    grid = tuple(model.patch_embed.grid_size)
+    stored = pos_embed.shape[1] - num_prefix
+    same_grid = stored == grid[0] * grid[1] and grid[0] == grid[1]
+    out["pos_embed"] = pos_embed if same_grid else bicubic_pos_embed(pos_embed, grid, num_prefix)
+    return out
+
+
+def _create_authors(model_name: str, cache_dir: str | None = None, **kwargs: object) -> nn.Module:
+    """``timm.create_model(pretrained=True)`` with :func:`authors_checkpoint_filter` instead of timm's filter.
+
+    The weights come from the same place through timm's own loader (``load_pretrained``: the hub with
+    ``cache_dir``, or ``pretrained_cfg_overlay={"file": ...}``, read by safetensors or ``torch.load(weights_only=
+    True)``), so a missing or damaged file fails exactly as it does on timm's path.
+    """
+    model = _create(model_name, pretrained=False, **kwargs)
+    timm.models.load_pretrained(
+        model,
+        num_classes=model.num_classes,
+        in_chans=model.patch_embed.proj.in_channels,
+        filter_fn=authors_checkpoint_filter,
+        cache_dir=cache_dir,
+    )
+    return model
+
+
 class VisualBackbone(nn.Module):
     """Frozen timm ViT returning 4 maps at strides 4/8/16/32, with an adapter called after every block.
 
     Weights: ``checkpoint_path`` (a local .safetensors/.pth/.bin, takes precedence) or ``pretrained=True`` (timm
-    hub weights, honouring ``cache_dir`` and ``HF_HUB_OFFLINE``). Both go through timm's checkpoint filter, which
-    resamples the patch kernel (e.g. 14→16) and the pos-embed to the ``img_size // patch_size`` grid (SPEC D2).
+    hub weights, honouring ``cache_dir`` and ``HF_HUB_OFFLINE``). Weights stored at another patch size or grid are
+    converted at load (docs/method.md D2) by ``conversion``:
+
+    - ``"timm"`` (default): timm's checkpoint filter, which resamples the patch kernel (e.g. 14→16) by FlexiViT's
+      pseudo-inverse and the pos-embed to the ``img_size // patch_size`` grid with antialias;
+    - ``"authors"`` (ViT, EVA): the authors' converter, a plain bicubic resize of the kernel and of the position
+      grid (:mod:`src.models.conversions`), which the paper's adapters were trained on.
+
+    ``pos_embed_resize``: how the position embedding follows an input whose grid differs from the stored one.
+    ``"timm"`` (default): timm's bicubic, antialiased resize to the grid; ``"authors"`` (ViT family only):
+    DINOv2's bicubic resize by the scale factor (g + 0.1)/√N (:func:`~src.models.conversions.scale_factor_pos_embed`).
     """
 
     def __init__(
@@ -172,13 +279,30 @@ class VisualBackbone(nn.Module):
         out_indices: list[int] | None = None,
         model_kwargs: dict | None = None,
         cache_dir: str | None = None,
+        conversion: Conversion = "timm",
+        pos_embed_resize: PosEmbedResize = "timm",
     ) -> None:
         super().__init__()
-        self.model = self._build(model_name, pretrained, checkpoint_path, img_size, patch_size, model_kwargs, cache_dir)
+        if conversion not in ("timm", "authors"):
+            raise ValueError(f"conversion must be 'timm' or 'authors', got {conversion!r}")
+        if pos_embed_resize not in ("timm", "authors"):
+            raise ValueError(f"pos_embed_resize must be 'timm' or 'authors', got {pos_embed_resize!r}")
+        self.model = self._build(
+            model_name, pretrained, checkpoint_path, img_size, patch_size, model_kwargs, cache_dir, conversion
+        )
+        #: the input size the model is built (and its position grid converted) for; the depth VFM follows it
+        self.img_size = tuple(img_size) if not isinstance(img_size, int) else img_size
         family = _family_of(self.model)
         if family is None:
             raise ValueError(f"{model_name!r} builds a {type(self.model).__name__}, not a family {_supported()}")
         self._blocks = family.loop
+        if pos_embed_resize == "authors":
+            if family.loop is not _vit_blocks:
+                family_name = type(self.model).__name__
+                raise ValueError(f"pos_embed_resize='authors' is DINOv2's rule for ViTs, not for {family_name}")
+            self._blocks = partial(_vit_blocks, pos_embed=_dinov2_pos_embed)
+        self.conversion = conversion
+        self.pos_embed_resize = pos_embed_resize
         self.model.requires_grad_(False).eval()
 
         self.embed_dim: int = self.model.embed_dim
@@ -202,10 +326,17 @@ class VisualBackbone(nn.Module):
         patch_size: int,
         model_kwargs: dict | None,
         cache_dir: str | None,
+        conversion: Conversion = "timm",
     ) -> nn.Module:
         from src.models import weights  # the checks that tell a damaged weight file from other failures
 
         with_weights = pretrained or checkpoint_path is not None
+        if with_weights and conversion == "authors" and _is_sam(model_name):
+            raise ValueError("conversion='authors' converts ViT and EVA checkpoints; SAM's weights load unconverted")
+        if conversion == "authors":
+            load = partial(_create_authors, model_name)
+        else:
+            load = partial(_create, model_name, pretrained=True)
         kwargs: dict = {"num_classes": 0, "patch_size": patch_size}
         if not _is_sam(model_name):
             kwargs |= {"img_size": img_size, **({"dynamic_img_size": True} if _builds_dynamic(model_name) else {})}
@@ -224,7 +355,7 @@ class VisualBackbone(nn.Module):
                 )
                 raise missing_weights(what, f"local file {str(path)!r}", fetch, reason, cache_dir)
             try:
-                return _create(model_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+                return load(pretrained_cfg_overlay={"file": str(path)}, **kwargs)
             except Exception as err:  # timm's loaders fail opaquely on a damaged file: find out whether it is one
                 problem = weights.weight_file_problem(path)
                 if problem is None:
@@ -238,7 +369,7 @@ class VisualBackbone(nn.Module):
         if not pretrained:
             return _create(model_name, pretrained=False, **kwargs)
         try:
-            return _create(model_name, pretrained=True, cache_dir=cache_dir, **kwargs)
+            return load(cache_dir=cache_dir, **kwargs)
         except OSError as err:  # hub miss in offline mode, no network, HTTP errors: all OSError subclasses
             raise missing_weights(what, f"the hub ({timm_weight_source(model_name)})", fetch, err, cache_dir) from err
         except Exception as err:  # a damaged file in the hub cache (e.g. a cache copied over an unstable link)
@@ -264,8 +395,10 @@ class VisualBackbone(nn.Module):
         return [ShapeSpec(self.embed_dim, stride) for stride in LEVEL_STRIDES]
 
     def no_weight_decay(self) -> set[str]:
-        """When the VFM trains (the ``full`` baseline): its norm layers take no weight decay (method §7.1)."""
-        return norm_parameter_names(self)
+        """None: when the VFM trains (the ``full`` baseline), all its parameters take weight decay, its norms
+        included. The authors' config gives the ``backbone`` key (lr ×0.1, decay ×1) precedence over the ``norm``
+        key, so the visual VFM's norm layers keep their decay (method §7.1)."""
+        return set()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in backward: the adapter's gradient still flows through every block."""
