@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable
 from multiprocessing import Pool
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -64,23 +63,32 @@ def convert_gta5_labels(root: str | Path, workers: int | None = None, overwrite:
 
 
 def _halve_mapillary(job: Job) -> None:
+    """One pair, as the authors' `tools/convert_datasets/mapillary_resize.py` does it, call for call:
+
+    - image: Pillow `Image.resize((W // 2, H // 2), Image.BICUBIC)` (antialiased: the kernel widens with the
+      factor), saved with Pillow's JPEG defaults (quality 75, 4:2:0, no EXIF/ICC);
+    - label: the 66 classes mapped to train IDs at full size, then Pillow's `Image.NEAREST` to the same size, which
+      reads source pixel floor((i + 0.5)·H/h) (the second pixel of each pair for an even side), saved as 8-bit PNG.
+    """
     image_path, label_path, image_out, label_out = job
-    image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise OSError(f"cannot read image {image_path}")
-    label = MAPILLARY_V12.to_train_ids(read_raw_label(label_path))
-    height, width = label.shape
-    half = (width // 2, height // 2)
+    try:
+        with Image.open(image_path) as image:
+            width, height = image.size
+            half = (width // 2, height // 2)
+            small = image.resize(half, resample=Image.Resampling.BICUBIC)
+    except OSError as error:
+        raise OSError(f"cannot read image {image_path}: {error}") from error
+    train_ids = Image.fromarray(MAPILLARY_V12.to_train_ids(read_raw_label(label_path)))
     image_out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(image_out), cv2.resize(image, half, interpolation=cv2.INTER_CUBIC)):
-        raise OSError(f"cannot write image {image_out}")
-    _save_label(label_out, cv2.resize(label, half, interpolation=cv2.INTER_NEAREST))
+    label_out.parent.mkdir(parents=True, exist_ok=True)
+    small.save(image_out)
+    train_ids.resize(half, resample=Image.Resampling.NEAREST).save(label_out)
 
 
 def prepare_mapillary(root: str | Path, split: str = "val", workers: int | None = None, overwrite: bool = False) -> int:
     """Convert and halve the raw v1.2 `split` into the `half/` layout; returns the number of pairs written.
 
-    Image: bicubic (OpenCV, as mmcv's imresize), JPEG quality 95 (OpenCV's default); label: nearest.
+    The halving is the authors' (see `_halve_mapillary`), so the evaluated pixels are theirs (docs/reproduction.md).
     """
     raw = MapillaryDataset(root, split, variant="raw")
     half = MapillaryDataset.layout(split, "half")

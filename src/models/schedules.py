@@ -39,7 +39,7 @@ def one_cycle(
     except ZeroDivisionError as err:  # torch divides by the warm-up length, which is 0 here
         raise ValueError(
             f"a OneCycle warm-up of pct_start·total_steps = {pct_start}·{total_steps} = 1 step is degenerate; "
-            "change trainer.max_steps or model.scheduler.pct_start"
+            "change trainer.max_steps or schedules.one_cycle.pct_start"
         ) from err
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -66,16 +67,34 @@ def test_prepare_gta5(tmp_path: Path) -> None:
     assert all(s.label.name.endswith("_labelTrainIds.png") for s in GTA5Dataset(root).samples)
 
 
-def test_prepare_mapillary(tmp_path: Path) -> None:
-    root = write_dataset("mapillary_raw", tmp_path / "mapillary", num_images=2, size=(40, 30))
+def test_prepare_mapillary_halves_as_the_authors_script(tmp_path: Path) -> None:
+    """The authors' mapillary_resize.py, restated here: the image through Pillow's antialiased bicubic to
+    (W // 2, H // 2), saved with Pillow's JPEG defaults (equal bytes); the train-ID label through nearest neighbour
+    reading source pixel floor((i + 0.5)·H/h) (equal pixels). An even width and an odd height."""
+    root = write_dataset("mapillary_raw", tmp_path / "mapillary", num_images=2, size=(42, 31))
     done = _run("prepare_mapillary.py", root, "--workers", "1")
     assert done.returncode == 0, done.stderr
+    assert "wrote 2 halved pairs" in done.stdout
     half, raw = MapillaryDataset(root), MapillaryDataset(root, variant="raw")
     assert [s.name for s in half.samples] == [s.name for s in raw.samples]
+    for ours, theirs in zip(half.samples, raw.samples):
+        with Image.open(theirs.image) as image:
+            assert image.size == (42, 31)
+            expected = io.BytesIO()
+            image.resize((21, 15), Image.Resampling.BICUBIC).save(expected, format="JPEG")
+        assert ours.image.read_bytes() == expected.getvalue()
+
+        train_ids = MAPILLARY_V12.to_train_ids(np.array(Image.open(theirs.label)))
+        rows = np.floor((np.arange(15) + 0.5) * 31 / 15).astype(int)  # 1, 3, 5, ... 29 (31/15 is not 2)
+        cols = np.floor((np.arange(21) + 0.5) * 42 / 21).astype(int)  # 1, 3, 5, ...: the second of each pair
+        with Image.open(ours.label) as label:
+            assert label.mode == "L"
+            np.testing.assert_array_equal(np.asarray(label), train_ids[rows][:, cols])
+        first_of_pair = train_ids[rows][:, cols - 1]  # OpenCV's nearest, which the script no longer uses
+        assert (first_of_pair != train_ids[rows][:, cols]).any()
+
     image, label = half.load(0)
-    assert image.shape == (15, 20, 3) and label.shape == (15, 20)
-    raw_label = np.array(Image.open(raw.samples[0].label))
-    assert set(np.unique(label)) <= set(np.unique(MAPILLARY_V12.to_train_ids(raw_label)))
+    assert image.shape == (15, 21, 3) and label.shape == (15, 21)
 
 
 def test_bench_data_runs() -> None:

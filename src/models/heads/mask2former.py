@@ -219,13 +219,16 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
         return self.config.ignore_value
 
     def no_weight_decay(self) -> set[str]:
-        """Norms, the learned positional queries and the decoder's level embedding (method §7.1).
+        """Norms, the decoder's level embedding and, when the head learns its queries, both query embeddings.
 
-        The pixel decoder's ``level_embed`` (mmdet's ``level_encoding``) does take weight decay, as in the paper's
-        configs.
+        These are the head parameters the authors' configs exempt (method §7.1): their custom keys ``norm``,
+        ``query_embed``, ``query_feat`` and ``level_embed`` (decay multiplier 0, matched as name substrings) plus
+        ``norm_decay_mult=0`` for GroupNorms. With token-derived queries the head has neither query embedding, and
+        ``querys2feat`` is a linear map that takes decay. The pixel decoder's ``level_embed`` (mmdet's
+        ``level_encoding``, which no key matches) does take weight decay.
         """
         names = norm_parameter_names(self) | {"transformer_module.level_embed.weight"}
-        return names | ({"query_embed.weight"} if not self.replace_query_feat else set())
+        return names | ({"query_embed.weight", "query_feat.weight"} if not self.replace_query_feat else set())
 
     def forward(self, maps: Sequence[torch.Tensor], queries: torch.Tensor | None = None) -> HeadOutput:
         """``maps``: 4 (B, C_l, ·, ·) maps at strides 4/8/16/32; ``queries``: (Q, D) with ``replace_query_feat``."""
