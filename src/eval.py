@@ -1,6 +1,12 @@
 """Evaluate a checkpoint on every target domain of an experiment: a per-domain mIoU table (stdout, CSV, Markdown).
 
 python -m src.eval experiment=citys2acdc ckpt_path=logs/train/runs/…/checkpoints/last.ckpt
+
+The authors' REIN/DepthForge files load directly (src/models/authors.py): their training checkpoint with their
+converted backbone file, or a merged full file alone, with the config of the method they hold:
+
+python -m src.eval experiment=gta2citys ablation=rein ckpt_path=iter_40000_published.pth \
+    backbone_ckpt=dinov2_converted.pth
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from omegaconf import DictConfig
 
 from src.data.labels import CLASS_NAMES
 from src.metrics import mean_miou
+from src.models.authors import open_checkpoint
 from src.utils.checkpoint import CheckpointError
 from src.utils.instantiate import build_module, build_trainer, check_config, instantiate_checked
 
@@ -53,10 +60,18 @@ def evaluate(cfg: DictConfig) -> list[dict[str, str]]:
             "src.eval needs a checkpoint to evaluate\n  fix: ckpt_path=/path/to/run/checkpoints/last.ckpt"
         )
     check_config(cfg)  # a wrong-typed value fails here with its key and fix, before anything is built
+    # a missing or damaged file fails here, before the model is built; the authors' files are read and renamed
+    _, authors_weights = open_checkpoint(cfg.ckpt_path, cfg.get("backbone_ckpt"))
     datamodule = instantiate_checked(cfg.data, "data")
-    model = build_module(cfg)
-    trainer = build_trainer(cfg)
-    trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if authors_weights is None:  # a depthforge checkpoint: Lightning restores it (config checked on load)
+        model = build_module(cfg)
+        trainer = build_trainer(cfg)
+        trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    else:  # the VFMs the files hold are built without fetching their weights, then everything is copied in
+        model = build_module(authors_weights.architecture(cfg))
+        authors_weights.load_into(model.segmenter)
+        trainer = build_trainer(cfg)
+        trainer.test(model, datamodule=datamodule)
     rows = results_table(model.test_results, datamodule.mean_domains)
     csv_path, md_path = write_tables(rows, Path(cfg.paths.output_dir))
     summary = "\n".join(f"{r['domain']:>32s}  {r['mIoU']:>6s}" for r in rows)

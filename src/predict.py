@@ -27,8 +27,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.transforms import build_test_transform
+from src.models.authors import AuthorsWeights, open_checkpoint
 from src.models.module import SegmentationModule
-from src.utils.checkpoint import CheckpointError, UserError, atomic_write, safe_torch_load
+from src.utils.checkpoint import CheckpointError, UserError, atomic_write
 from src.utils.instantiate import build_module, check_config
 from src.utils.visualize import colorize
 
@@ -40,12 +41,27 @@ class PredictionError(ValueError, UserError):
     """The inputs or outputs of a prediction run are unusable: nothing found, unreadable, or a file at risk."""
 
 
-def load_weights(model: SegmentationModule, ckpt_path: str | Path, checkpoint: dict | None = None) -> None:
-    """Load a trainable-only checkpoint safely and check that it was made for this model configuration.
+def load_weights(
+    model: SegmentationModule,
+    ckpt_path: str | Path,
+    checkpoint: dict | AuthorsWeights | None = None,
+    backbone_ckpt: str | Path | list | None = None,
+) -> None:
+    """Load a checkpoint into ``model``, safely (``weights_only=True`` or safetensors).
 
-    ``checkpoint``: the file's contents if already read with :func:`safe_torch_load`.
+    A depthforge checkpoint holds the trainable tensors and is checked to have been made for this model
+    configuration. The authors' REIN/DepthForge files (src/models/authors.py) are recognised by their keys:
+    ``ckpt_path`` their training checkpoint (with their backbone file as ``backbone_ckpt``) or a merged full file;
+    ``model`` must then be built from ``AuthorsWeights.architecture(cfg)`` so that the VFMs they hold are not
+    fetched. ``checkpoint``: the file's contents (or the authors' files) if already read with
+    :func:`~src.models.authors.open_checkpoint`.
     """
-    checkpoint = safe_torch_load(ckpt_path) if checkpoint is None else checkpoint
+    if checkpoint is None:
+        checkpoint, weights = open_checkpoint(ckpt_path, backbone_ckpt)
+        checkpoint = checkpoint if weights is None else weights
+    if isinstance(checkpoint, AuthorsWeights):
+        checkpoint.load_into(model.segmenter)
+        return
     try:
         model.on_load_checkpoint(checkpoint)
     except CheckpointError as err:  # name the file: the model's check does not know it
@@ -144,9 +160,10 @@ def predict_folder(cfg: DictConfig) -> list[Path]:
     check_config(cfg)
     in_dir, out_dir = Path(cfg.input_dir).expanduser(), Path(cfg.output_dir).expanduser()
     plan = plan_outputs(in_dir, out_dir, overwrite=bool(cfg.get("overwrite", False)))
-    checkpoint = safe_torch_load(cfg.ckpt_path)  # a missing or damaged file fails before the model is built
-    model = build_module(cfg)
-    load_weights(model, cfg.ckpt_path, checkpoint)
+    # a missing or damaged file fails before the model is built
+    checkpoint, authors_weights = open_checkpoint(cfg.ckpt_path, cfg.get("backbone_ckpt"))
+    model = build_module(cfg if authors_weights is None else authors_weights.architecture(cfg))
+    load_weights(model, cfg.ckpt_path, checkpoint if authors_weights is None else authors_weights)
     device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(device).eval()
     depth_model = model.segmenter.depth_backbone
