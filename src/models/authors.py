@@ -339,6 +339,12 @@ def read_weight_file(path: str | Path) -> dict[str, Any]:
         ) from err
 
 
+_NOT_A_CHECKPOINT_FIX = (
+    "point ckpt_path at a run's checkpoint (<run dir>/checkpoints/last.ckpt) or at the authors' REIN/DepthForge "
+    "file (docs/reproduction.md)"
+)
+
+
 def is_depthforge_checkpoint(content: Any) -> bool:
     """Whether a loaded file is one of this code's Lightning checkpoints (not one of the authors' files)."""
     if not isinstance(content, Mapping):
@@ -354,10 +360,16 @@ def tensors_of(content: Any, source: str) -> dict[str, Tensor]:
     if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
         content = content["state_dict"]
     if not isinstance(content, Mapping) or not content:
-        raise AuthorsCheckpointError(f"{source} holds no state dict (found {type(content).__name__})")
+        raise AuthorsCheckpointError(
+            f"{source} is not a depthforge checkpoint (it has no 'model_config') nor one of the authors' weight files: "
+            f"it holds no state dict (found {type(content).__name__})\n  fix: {_NOT_A_CHECKPOINT_FIX}"
+        )
     others = [str(k) for k, v in content.items() if not isinstance(v, Tensor)]
     if others:
-        raise AuthorsCheckpointError(f"{source} is not a state dict of tensors: {_listing(others)} are not tensors")
+        raise AuthorsCheckpointError(
+            f"{source} is not a depthforge checkpoint (it has no 'model_config') nor one of the authors' weight files "
+            f"(a state dict of tensors): {_listing(others)} are not tensors\n  fix: {_NOT_A_CHECKPOINT_FIX}"
+        )
     return {str(k): v for k, v in content.items()}
 
 

@@ -141,7 +141,7 @@ def test_not_an_image_and_missing_keys_are_refused_before_the_model(photos: Path
 def test_checkpoint_that_is_not_depthforge_names_the_file(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
     other = tmp_path / "other.ckpt"
     atomic_torch_save({"weights": {}}, other)
-    with pytest.raises(CheckpointError, match=f"ckpt_path={other}: not a depthforge checkpoint"):
+    with pytest.raises(CheckpointError, match=f"{other} is not a depthforge checkpoint .*\n  fix: point ckpt_path"):
         predict_folder(_cfg(other, tmp_path, photos, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
