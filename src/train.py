@@ -1,14 +1,26 @@
-"""Train (and then test) a segmenter: ``python -m src.train experiment=gta2citys``."""
+"""Train (and then test) a segmenter: ``python -m src.train experiment=gta2citys``.
+
+A run exits 0 only when it trained to ``trainer.max_steps`` and ran every validation its schedule asked for
+(:func:`src.callbacks.check_run`); a stop on SIGTERM/SIGUSR1 saves the current step and exits with 128 + the signal
+number; a requeued SLURM job resumes by itself (docs/reliability.md).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import signal
 import warnings
+from pathlib import Path
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.callbacks import Preempted, RunAudit, check_run
+from src.callbacks.preemption import resume_record_path, slurm_job_key
+from src.utils.checkpoint import CheckpointError
 from src.utils.instantiate import build_module, build_trainer
 
 log = logging.getLogger(__name__)
@@ -19,23 +31,91 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
 
 
+def _requeue_record(cfg: DictConfig) -> Path | None:
+    """The resume record a preempted run of this SLURM job left (``callbacks.preemption.resume_dir``), if any."""
+    job = slurm_job_key()
+    node = (cfg.get("callbacks") or {}).get("preemption")
+    resume_dir = node.get("resume_dir") if node is not None else None
+    if not job or not resume_dir:
+        return None
+    return resume_record_path(resume_dir, job)
+
+
+def resume_requeued_job(cfg: DictConfig) -> Path | None:
+    """Under a requeued SLURM job without an explicit ``ckpt_path``: resume from the checkpoint the preempted run of
+    the same job saved, in its run directory. Returns the record used, or None."""
+    if cfg.get("ckpt_path") or not cfg.get("train", True):
+        return None
+    record = _requeue_record(cfg)
+    if record is None or not record.is_file():
+        return None
+    saved = json.loads(record.read_text())
+    ckpt = Path(saved["ckpt_path"])
+    if not ckpt.is_file():
+        raise CheckpointError(
+            f"this SLURM job was requeued after saving {ckpt} (resume record {record}), but that checkpoint is "
+            f"missing.\n  fix: put the checkpoint back, or delete {record} to train from the start"
+        )
+    with open_dict(cfg):
+        cfg.ckpt_path = str(ckpt)
+        cfg.paths.output_dir = saved["output_dir"]
+    log.warning(
+        "requeued SLURM job: resuming from %s (step %s, saved on %s) in %s",
+        ckpt,
+        saved.get("step"),
+        saved.get("signal"),
+        saved["output_dir"],
+    )
+    return record
+
+
+def _stopped_by_lightning(err: SIGTERMException, what: str, trainer: L.Trainer) -> Preempted:
+    """Lightning's own SIGTERM handling (active outside the training steps) exits with status 0 and saves nothing:
+    turn it into a non-zero exit that says so."""
+    ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or "no checkpoint yet"
+    return Preempted(
+        f"stopped by SIGTERM {what}, before the run reached a point where it could save; the newest checkpoint is "
+        f"{ckpt}. Resume from it (ckpt_path=…) or run again.",
+        signal.SIGTERM,
+    )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit on the source domain, validate per target domain, then test the final weights on every target."""
+    record = resume_requeued_job(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     model = build_module(cfg)
     trainer = build_trainer(cfg)
+    audit = next((cb for cb in trainer.callbacks if isinstance(cb, RunAudit)), None)
+    if audit is None:  # the end-of-run check needs it: a config without it still gets it
+        audit = RunAudit()
+        trainer.callbacks.append(audit)
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     n_train = sum(p.numel() for p in model.segmenter.parameters() if p.requires_grad)
     log.info("trainable parameters: %s", f"{n_train:,}")
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        except SIGTERMException as err:
+            raise _stopped_by_lightning(err, "outside a training step", trainer) from err
+        for note in check_run(trainer, audit):
+            log.info(note)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    for key, value in audit.val_metrics.items():  # a resumed run whose last validation ran before the resume
+        metrics.setdefault(key, value)
     if cfg.get("test", False):
-        trainer.test(model, datamodule=datamodule)
+        try:
+            trainer.test(model, datamodule=datamodule)
+        except SIGTERMException as err:
+            raise _stopped_by_lightning(err, "during the test", trainer) from err
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    if trainer.is_global_zero:
+        done = record or _requeue_record(cfg)
+        if done is not None:
+            done.unlink(missing_ok=True)  # the job is complete: a later requeue must not resume it again
     return metrics
 
 

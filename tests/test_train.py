@@ -101,6 +101,7 @@ def _train(out: Path, data: Path, *extra: str) -> Path:
         "test=false",
         "callbacks.model_checkpoint.every_n_train_steps=1",
         "trainer.deterministic=true",
+        "trainer.log_every_n_steps=1",
         "seed=1",
         *extra,
     ]
@@ -124,6 +125,21 @@ def test_resume_after_a_crash_continues_exactly(smoke_run, tmp_path):
         straight["optimizer_states"][0]["state"].values(), resumed["optimizer_states"][0]["state"].values()
     ):
         torch.testing.assert_close(a["exp_avg"], b["exp_avg"], rtol=0, atol=0)
+    # the logged losses of the resumed steps are the uninterrupted run's; the random state is saved per rank
+    losses = {run: _losses(tmp_path / run) for run in "abc"}
+    assert sorted(losses["c"]) == [3, 4, 5] and all(losses["a"][step] == v for step, v in losses["c"].items())
+    assert {"torch", "numpy", "python"} <= set(resumed["rng"]["ranks"][0]) and len(resumed["rng"]["ranks"]) == 1
+    assert resumed["DGDataModule"]["ranks"][0]["world_size"] == 1
+
+
+def _losses(run: Path) -> dict[int, float]:
+    """Logged step -> train/loss over every metrics.csv of a run directory."""
+    return {
+        int(row["step"]): float(row["train/loss"])
+        for path in run.rglob("metrics.csv")
+        for row in csv.DictReader(path.open())
+        if row.get("train/loss")
+    }
 
 
 def test_damaged_checkpoint_is_refused_by_the_entry_points(smoke_run, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -9,7 +10,15 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from src.callbacks._dist import gather_objects
+from src.callbacks.errors import DataError
 from src.data.sampler import ResumableSampler, SeededDataset
+
+
+def _describe(dataset: Dataset | None) -> str:
+    """``CityscapesDataset at data/cityscapes`` (or the class name) for messages."""
+    root = getattr(dataset, "root", None)
+    return f"{type(dataset).__name__} at {root}" if root is not None else type(dataset).__name__
 
 
 class DGDataModule(L.LightningDataModule):
@@ -81,13 +90,60 @@ class DGDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = ResumableSampler(len(self.source), seed=self.seed)
+        batches = len(sampler) // self.batch_size
+        if batches == 0:
+            raise DataError(
+                f"the training split has {len(self.source)} images ({_describe(self.source)}): with "
+                f"data.batch_size={self.batch_size} on {sampler.world_size} process(es) there is no full batch "
+                f"({len(sampler)} images per process; incomplete batches are dropped), so nothing would be trained.\n"
+                "  fix: lower data.batch_size or add training images"
+            )
         if self._resume is not None:
-            done = self._resume["batches"]
-            if done < len(sampler) // self.batch_size:  # saved mid-epoch; at an epoch end nothing is skipped
+            skip = self._resume_skip(sampler)
+            if skip:
                 sampler.set_epoch(self._resume["epoch"])
-                sampler.skip(done * self.batch_size)
+                sampler.skip(skip)
             self._resume = None
         return self._loader(SeededDataset(self.source), self.batch_size, sampler=sampler, drop_last=True)
+
+    def _resume_skip(self, sampler: ResumableSampler) -> int:
+        """How many of its samples this rank skips to continue the interrupted epoch (0 at an epoch's end).
+
+        Each rank restores its own saved position. Resumed by another number of processes, the first
+        ``batches x batch_size x old world size`` samples of the epoch's order are what all ranks had consumed; each
+        rank of the new split skips its share of them (the same samples are not seen twice, but batches differ).
+        """
+        state = self._resume or {}
+        if "ranks" not in state:  # a checkpoint from before per-rank positions: every rank had done `batches`
+            skip = int(state.get("batches", 0)) * self.batch_size
+            return skip if skip < len(sampler) - len(sampler) % self.batch_size else 0
+        ranks = state["ranks"]
+        if "size" in ranks[0] and ranks[0]["size"] != sampler.size:
+            warnings.warn(
+                f"the training split has {sampler.size} images but had {ranks[0]['size']} when the checkpoint was "
+                "written: the interrupted epoch cannot be continued where it stopped; it is started over",
+                stacklevel=2,
+            )
+            return 0
+        saved_world = int(ranks[0].get("world_size", len(ranks)))
+        if saved_world == sampler.world_size and len(ranks) == saved_world:
+            mine = ranks[sampler.rank]
+            done, batch_size = int(mine["batches"]), int(mine.get("batch_size", self.batch_size))
+            skip = done * batch_size
+        else:
+            mine = ranks[0]
+            done, batch_size = int(mine["batches"]), int(mine.get("batch_size", self.batch_size))
+            skip = done * batch_size * saved_world // sampler.world_size
+            if sampler.rank == 0:
+                warnings.warn(
+                    f"this checkpoint was written by {saved_world} process(es) and is resumed by "
+                    f"{sampler.world_size}: the interrupted epoch goes on with the samples not yet seen, but in other "
+                    "batches than an uninterrupted run's",
+                    stacklevel=2,
+                )
+        if skip >= len(sampler) - len(sampler) % self.batch_size:  # saved at an epoch's end: nothing to skip
+            return 0
+        return skip
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(self.targets[n], self.val_batch_size) for n in self.target_names]
@@ -95,12 +151,25 @@ class DGDataModule(L.LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         return self.val_dataloader()
 
-    def state_dict(self) -> dict[str, int]:
-        """Where in the epoch training stands, so that a resumed run skips the batches already seen."""
+    def state_dict(self) -> dict[str, Any]:
+        """Where in the epoch each rank stands, so that a resumed run skips the batches already seen.
+
+        ``ranks`` holds every rank's own position (gathered: Lightning writes rank 0's copy of this dict); each
+        rank restores its own. ``epoch``/``batches`` repeat rank 0's, as checkpoints before per-rank positions had.
+        """
         if self.trainer is None:
             return {}
         loop = self.trainer.fit_loop
-        return {"epoch": self.trainer.current_epoch, "batches": loop.epoch_loop.batch_progress.current.processed}
+        mine = {
+            "epoch": self.trainer.current_epoch,
+            "batches": loop.epoch_loop.batch_progress.current.processed,
+            "batch_size": self.batch_size,
+            "size": len(self.source) if self.source is not None else -1,
+            "rank": self.trainer.global_rank,
+            "world_size": self.trainer.world_size,
+        }
+        ranks = gather_objects(mine)
+        return {"epoch": mine["epoch"], "batches": ranks[0]["batches"], "ranks": ranks}
 
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume = dict(state_dict) if state_dict else None

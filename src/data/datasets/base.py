@@ -11,6 +11,7 @@ the generated-tree writer in `src.data.synthetic` uses to imitate its naming.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,10 +25,17 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from src.data.labels import LabelEncoding
+from src.data.labels import IGNORE_INDEX, LabelEncoding
 from src.data.transforms import build_test_transform
 
 _MAX_LISTED = 5
+#: per-file label warnings of one dataset (in one process) before they are summarised
+_MAX_FILE_WARNINGS = 100
+
+
+class DataWarning(UserWarning):
+    """A data problem training goes on with but should not be silent about (bad label values, all-ignore labels,
+    label files without an image)."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +183,8 @@ class LayoutDataset(SegmentationDataset):
         self.root = Path(root)
         self.layout = layout
         self.samples = self._scan()
+        self._checked: set[int] = set()  # labels already checked (and warned about) in this process
+        self._warned = 0
 
     def _scan(self) -> list[Sample]:
         layout = self.layout
@@ -201,7 +211,26 @@ class LayoutDataset(SegmentationDataset):
                 f"{type(self).__name__}: {len(unlabelled)} of {len(images)} images under {image_root} have no label "
                 f"(e.g. {examples}); {expected}"
             )
+        self._warn_orphans(present, {sample.name for sample in samples}, label_root, expected)
         return samples
+
+    def _warn_orphans(self, labels: set[Path], stems: set[str], label_root: Path, expected: str) -> None:
+        """Warn about label files that no image pairs with: they are silently unused (a wrong image folder or
+        suffix, images deleted or not yet copied)."""
+        suffixes = [suffix for suffix, _ in self.layout.labels]
+        orphans = []
+        for path in labels:
+            rel = path.relative_to(label_root).as_posix()
+            if not any(rel.endswith(s) and rel[: -len(s)] in stems for s in suffixes):
+                orphans.append(path.relative_to(self.root).as_posix())
+        if orphans:
+            orphans.sort()
+            warnings.warn(
+                f"{type(self).__name__}: {len(orphans)} label files under {label_root} have no image and are not used "
+                f"(e.g. {', '.join(orphans[:_MAX_LISTED])}); {expected}",
+                DataWarning,
+                stacklevel=3,
+            )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -209,10 +238,47 @@ class LayoutDataset(SegmentationDataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.samples[index]
         image = read_image(sample.image)
-        label = sample.encoding.to_train_ids(read_raw_label(sample.label))
+        raw = read_raw_label(sample.label)
+        label = sample.encoding.to_train_ids(raw)
         if image.shape[:2] != label.shape:
             raise ValueError(f"image {sample.image} is {image.shape[:2]} but its label {sample.label} is {label.shape}")
+        if index not in self._checked:
+            self._checked.add(index)
+            self._check_label(sample, raw, label)
         return image, label
+
+    def _check_label(self, sample: Sample, raw: np.ndarray, label: np.ndarray) -> None:
+        """Warn, once per file (and process), about label values outside the encoding and all-ignore labels."""
+        known = sample.encoding.known
+        if raw.dtype == np.uint8:
+            bad = ~known[raw]
+        else:
+            in_range = (raw >= 0) & (raw < known.size)
+            bad = ~in_range
+            bad[in_range] = ~known[raw[in_range]]
+        count = int(bad.sum())
+        problems = []
+        if count:
+            values = np.unique(raw[bad])
+            shown = ", ".join(str(int(v)) for v in values[:10]) + (" …" if values.size > 10 else "")
+            problems.append(
+                f"{count:,} of {raw.size:,} pixels have values outside the {sample.encoding.name} encoding ({shown}); "
+                f"they are read as ignore ({IGNORE_INDEX})"
+            )
+        if not (label != IGNORE_INDEX).any():
+            problems.append(f"every pixel is ignore ({IGNORE_INDEX}): the image adds nothing to training or metrics")
+        if not problems:
+            return
+        self._warned += 1
+        if self._warned > _MAX_FILE_WARNINGS:
+            return
+        more = (
+            f" (the last of {_MAX_FILE_WARNINGS} such warnings for {self.root}: python scripts/check_data_layout.py "
+            "<data root> --full lists every file)"
+            if self._warned == _MAX_FILE_WARNINGS
+            else ""
+        )
+        warnings.warn(f"label {sample.label}: " + "; ".join(problems) + more, DataWarning, stacklevel=3)
 
     def name(self, index: int) -> str:
         return self.samples[index].name

@@ -1,0 +1,26 @@
+"""Lightning callbacks that make a training run fail loudly instead of finishing wrong (docs/reliability.md).
+
+- :class:`NonFiniteGuard`: a non-finite loss, gradient or weight stops the run (or skips the step) before it is saved;
+- :class:`StepCheckpoint`: every ``every_n_train_steps`` checkpoint is written, after its step's validation;
+- :class:`Preemption`: SIGTERM/SIGUSR1 save the current step, requeue under SLURM and exit non-zero;
+- :class:`RunAudit`: splits without labelled pixels stop the run; ``src.train`` checks max_steps and the
+  validation schedule against it at the end (:func:`check_run`).
+"""
+
+from src.callbacks.audit import RunAudit, check_run
+from src.callbacks.checkpoint import StepCheckpoint
+from src.callbacks.errors import DataError, IncompleteRunError, NonFiniteTrainingError
+from src.callbacks.nonfinite import NonFiniteGuard
+from src.callbacks.preemption import Preempted, Preemption
+
+__all__ = [
+    "DataError",
+    "IncompleteRunError",
+    "NonFiniteGuard",
+    "NonFiniteTrainingError",
+    "Preempted",
+    "Preemption",
+    "RunAudit",
+    "StepCheckpoint",
+    "check_run",
+]
