@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from src.callbacks import Preempted, RunAudit, check_run
 from src.callbacks.preemption import resume_record_path, slurm_job_key
 from src.utils.checkpoint import CheckpointError
-from src.utils.instantiate import build_module, build_trainer
+from src.utils.instantiate import build_module, build_trainer, check_config, import_requested, instantiate_checked
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,12 @@ def _stopped_by_lightning(err: SIGTERMException, what: str, trainer: L.Trainer) 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit on the source domain, validate per target domain, then test the final weights on every target."""
+    import_requested(cfg)
+    check_config(cfg)  # a wrong-typed value fails here with its key and fix, before anything is built
     record = resume_requeued_job(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = instantiate_checked(cfg.data, "data")
     model = build_module(cfg)
     trainer = build_trainer(cfg)
     audit = next((cb for cb in trainer.callbacks if isinstance(cb, RunAudit)), None)
