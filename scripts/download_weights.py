@@ -3,7 +3,7 @@
 Run it on a login node, then on the compute node export the printed variables (``HF_HUB_CACHE``,
 ``HF_HUB_OFFLINE=1``). timm and transformers both read that cache, so the backbones then load offline.
 
-    python scripts/download_weights.py --preset depthforge --cache-dir /shared/hf-cache
+    python scripts/download_weights.py --preset depthforge --cache-dir /cluster/hf-cache
     python scripts/download_weights.py --timm samvit_huge_patch16.sa1b --hf depth-anything/Depth-Anything-V2-Large-hf
     python scripts/download_weights.py --preset depthforge --dry-run
 """

@@ -1,7 +1,7 @@
 """Frozen depth VFM (Depth Anything V2 / Prompt Depth Anything, HF transformers) as a per-block feature source.
 
-Only its DINOv2 encoder runs for features (SPEC §1.2); the DPT head runs only in ``predict_depth`` for pictures.
-The token grid is aligned to the visual backbone's grid as chosen in SPEC D1.
+Only its DINOv2 encoder runs for features (docs/method.md §1.2); the DPT head runs only in ``predict_depth`` for pictures.
+The token grid is aligned to the visual backbone's grid as chosen in docs/method.md D1.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForDepthEstimation, PreTrainedMode
 from src.models.conversions import bicubic_patch_embed, bicubic_pos_embed, scale_factor_pos_embed
 from src.models.weights import hub_offline, missing_weights
 
-#: DepthAnythingForDepthEstimation rejects a plain 'sdpa'; its DINOv2 backbone supports it (API-NOTES §3).
+#: DepthAnythingForDepthEstimation rejects a plain 'sdpa'; its DINOv2 backbone supports it (docs/method.md L3).
 _ATTN = {"backbone_config": "sdpa"}
 
 
@@ -105,7 +105,7 @@ class DepthBackbone(nn.Module):
 
     ``pretrained``: a hub id (``depth-anything/Depth-Anything-V2-Large-hf``, ``depth-anything/prompt-depth-anything-
     vitl-hf``) or a ``save_pretrained`` directory. ``config``: kwargs of a random-init model of ``model_type``
-    (``depth_anything`` or ``prompt_depth_anything``) for tests and hub-less smoke runs. ``align``: SPEC D1;
+    (``depth_anything`` or ``prompt_depth_anything``) for tests and hub-less smoke runs. ``align``: docs/method.md D1;
     ``visual_patch_size`` is the kernel size ``resample_patch`` converts to. ``local_files_only`` defaults to
     ``HF_HUB_OFFLINE``.
 
@@ -201,7 +201,7 @@ class DepthBackbone(nn.Module):
             raise
 
     def train(self, mode: bool = True) -> DepthBackbone:
-        """The depth VFM never trains (SPEC D1): stay in eval mode whatever the trainer asks."""
+        """The depth VFM never trains (docs/method.md D1): stay in eval mode whatever the trainer asks."""
         super().train(mode)
         self.model.eval()
         return self
@@ -236,7 +236,7 @@ class DepthBackbone(nn.Module):
 
 
 def pair_depth_tokens(tokens: list[Tensor], num_layers: int, dim: int) -> list[Tensor]:
-    """Map L_d depth tensors onto L_v visual layers and width ``dim`` without parameters (SPEC D1).
+    """Map L_d depth tensors onto L_v visual layers and width ``dim`` without parameters (docs/method.md D1).
 
     Visual layer i reads depth layer round_half_up(i·(L_d−1)/(L_v−1)) (identity when L_d == L_v; L_v == 1 reads
     the last); channels are zero-padded or truncated to ``dim`` (SAM-H 1280 vs DA-L 1024).

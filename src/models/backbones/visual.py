@@ -1,4 +1,4 @@
-"""Frozen visual VFM (any timm ViT, EVA or SAM) that calls a token adapter between its blocks (SPEC §1.1).
+"""Frozen visual VFM (any timm ViT, EVA or SAM) that calls a token adapter between its blocks (docs/method.md §1.1).
 
 One wrapper serves every family so that adapters, decoders and heads never know which ViT they sit on: the
 family-specific part is only the embed + block loop, written once per timm class below.
@@ -41,7 +41,7 @@ PosEmbedResize = Literal["timm", "authors"]
 
 
 def default_out_indices(num_layers: int) -> list[int]:
-    """Blocks 8/12/16/24 of a 24-layer ViT (SPEC §1.1), scaled to other depths.
+    """Blocks 8/12/16/24 of a 24-layer ViT (docs/method.md §1.1), scaled to other depths.
 
     Rule: ``round_half_up(k·L/24) − 1`` for k in (8, 12, 16, 24), clamped to [0, L−1]. Duplicates are kept
     (L=2 gives [0, 0, 0, 1]) because every level needs a map, and the same block may feed several levels.
@@ -385,7 +385,7 @@ class VisualBackbone(nn.Module):
             raise weights.corrupt_weights(what, found[0], found[1], fix) from err
 
     def train(self, mode: bool = True) -> VisualBackbone:
-        """Keep the frozen VFM in eval mode whatever the trainer asks (SPEC §1.3)."""
+        """Keep the frozen VFM in eval mode whatever the trainer asks (docs/method.md §1.3)."""
         super().train(mode)
         self.model.eval()
         return self
