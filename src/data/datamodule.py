@@ -26,7 +26,7 @@ class DGDataModule(L.LightningDataModule):
 
     ``source`` and the values of ``targets`` are dataset factories (Hydra ``_partial_: true``) so that building
     the config touches no files; they are called in ``setup``. One dataloader per target makes the metrics
-    per-domain by construction (the domain comes from the dataset, docs/method.md D7). ``prepare`` is an optional callable
+    per-domain by construction (the domain comes from the dataset, method D7). ``prepare`` is an optional callable
     run once in ``prepare_data`` (e.g. the generator that writes the smoke/MiniDG data).
     ``mean_domains`` names the targets averaged into ``mean_mIoU`` (docs/method.md §8.2; all targets when None).
     A target set to None (``data.targets.map=null``) is dropped.

@@ -1,6 +1,6 @@
 """Frozen depth VFM (Depth Anything V2 / Prompt Depth Anything, HF transformers) as a per-block feature source.
 
-Only its DINOv2 encoder runs for features (docs/method.md §1.2); the DPT head runs only in ``predict_depth`` for pictures.
+Only its DINOv2 encoder runs for features (method §1.2); the DPT head runs only in ``predict_depth`` for pictures.
 The token grid is aligned to the visual backbone's grid as chosen in docs/method.md D1.
 """
 
