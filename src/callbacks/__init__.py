@@ -4,7 +4,9 @@
 - :class:`StepCheckpoint`: every ``every_n_train_steps`` checkpoint is written, after its step's validation;
 - :class:`Preemption`: SIGTERM/SIGUSR1 save the current step, requeue under SLURM and exit non-zero;
 - :class:`RunAudit`: splits without labelled pixels stop the run; ``src.train`` checks max_steps and the
-  validation schedule against it at the end (:func:`check_run`).
+  validation schedule against it at the end (:func:`check_run`);
+- :class:`RunReport`: the per-domain, per-class table of the last validation printed and written into the run
+  directory when training ends (one log line per validation before that).
 """
 
 from src.callbacks.audit import RunAudit, check_run
@@ -12,6 +14,7 @@ from src.callbacks.checkpoint import StepCheckpoint
 from src.callbacks.errors import DataError, IncompleteRunError, NonFiniteTrainingError
 from src.callbacks.nonfinite import NonFiniteGuard
 from src.callbacks.preemption import Preempted, Preemption
+from src.callbacks.report import RunReport
 
 __all__ = [
     "DataError",
@@ -21,6 +24,7 @@ __all__ = [
     "Preempted",
     "Preemption",
     "RunAudit",
+    "RunReport",
     "StepCheckpoint",
     "check_run",
 ]

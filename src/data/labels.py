@@ -38,6 +38,17 @@ LABEL_ID_TO_TRAIN_ID: dict[int, int] = {
 
 NUM_LABEL_IDS = 34  # Cityscapes label IDs 0..33 (license plate, -1, is never written to a PNG)
 
+#: train ID -> the Cityscapes label ID it is written as (the benchmark servers' encoding); void (255) -> 0 "unlabeled"
+TRAIN_TO_LABEL_ID = np.zeros(256, np.uint8)
+for _label_id, _train_id in LABEL_ID_TO_TRAIN_ID.items():
+    TRAIN_TO_LABEL_ID[_train_id] = _label_id
+
+
+def train_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
+    """Train IDs (uint8, 255 = void) -> Cityscapes label IDs, by :data:`TRAIN_TO_LABEL_ID`."""
+    return TRAIN_TO_LABEL_ID[np.asarray(train_ids, dtype=np.uint8)]
+
+
 MAPILLARY_V12_CLASSES: tuple[str, ...] = (
     "Bird", "Ground Animal", "Curb", "Fence", "Guard Rail", "Barrier", "Wall", "Bike Lane", "Crosswalk - Plain",
     "Curb Cut", "Parking", "Pedestrian Area", "Rail Track", "Road", "Service Lane", "Sidewalk", "Bridge",

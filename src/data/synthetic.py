@@ -68,10 +68,19 @@ def write_label(path: Path, label: np.ndarray, palette: list[int] | None = None)
 
 
 def _write(
-    root: Path, domain: str, layout: Layout, stems: list[str], size: tuple[int, int], seed: int, palette: bool
+    root: Path,
+    domain: str,
+    layout: Layout,
+    stems: list[str],
+    size: tuple[int, int],
+    seed: int,
+    palette: bool,
+    labelled: bool = True,
 ) -> None:
-    """One generated scene per stem: the image, and its label in every encoding `layout` lists."""
-    labels = [(suffix, _inverse_lut(enc), _palette(enc) if palette else None) for suffix, enc in layout.labels]
+    """One generated scene per stem: the image, and its label in every encoding `layout` lists (none when
+    `labelled` is False: a test split)."""
+    encodings = layout.labels if labelled else ()
+    labels = [(suffix, _inverse_lut(enc), _palette(enc) if palette else None) for suffix, enc in encodings]
     for stem in stems:
         rng = np.random.default_rng(stable_seed(seed, domain, stem))
         image, train_ids = make_sample(rng, size, domain)
@@ -93,7 +102,8 @@ def write_dataset(
     Kinds (`KINDS`): `gta5` (raw palette label-ID PNGs, no split), `cityscapes` (labelTrainIds and labelIds;
     default splits train and val), `bdd100k` (jpg + train-ID masks), `mapillary` (the halved train-ID copy),
     `mapillary_raw` (v1.2 66-class release), `acdc` (all four conditions, `<seq>` folders). Other splits default to
-    `val`; each dataset class's `synthetic_*` members say what exactly is written.
+    `val`; each dataset class's `synthetic_*` members say what exactly is written. A split the class lists among its
+    `unlabelled_splits` (`splits=["test"]` for Cityscapes and ACDC) is written as images only, like the real one.
     """
     kinds = dataset_kinds()
     if kind not in kinds:
@@ -102,9 +112,10 @@ def write_dataset(
     root = Path(root)
     splits = tuple(splits or cls.synthetic_splits) if cls.has_splits else cls.synthetic_splits
     for split in splits:
-        stems = [cls.synthetic_stem(split, i) for i in range(num_images)]
+        labelled = not cls.is_unlabelled_split(split)
         for domain, layout in cls.synthetic_layouts(split, **variant).items():
-            _write(root, domain, layout, stems, size, seed, cls.palette_labels)
+            stems = cls.synthetic_stems(split, domain, num_images)
+            _write(root, domain, layout, stems, size, seed, cls.palette_labels, labelled)
     return root
 
 

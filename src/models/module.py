@@ -117,7 +117,7 @@ class SegmentationModule(L.LightningModule):
             results[name] = result
             self.log(f"{stage}/{name}/mIoU", result["mIoU"], add_dataloader_idx=False)
             self.log(f"{stage}/{name}/aAcc", result["aAcc"], add_dataloader_idx=False)
-            # per-class IoU goes to the dashboards during training; eval.py writes it to its tables
+            # per-class IoU goes to the dashboards during training; the tables (src/reporting.py) have every class
             for cls_name, iou in zip(CLASS_NAMES, result["IoU"]) if stage == "val" else ():
                 if not torch.isnan(iou):
                     self.log(f"{stage}/{name}/IoU/{cls_name}", iou, add_dataloader_idx=False)
@@ -128,10 +128,13 @@ class SegmentationModule(L.LightningModule):
         return results
 
     def on_validation_epoch_end(self) -> None:
-        self._log_domain_metrics("val")
+        results = self._log_domain_metrics("val")
+        if not self.trainer.sanity_checking:  # the run's report (src.callbacks.RunReport) tells the last validation
+            self.last_results = {k: {m: v.detach().cpu() for m, v in r.items()} for k, r in results.items()}
 
     def on_test_epoch_end(self) -> None:
-        self.test_results = {k: {m: v.cpu() for m, v in r.items()} for k, r in self._log_domain_metrics("test").items()}
+        results = self._log_domain_metrics("test")  # src.eval and RunReport write the table
+        self.test_results = {k: {m: v.detach().cpu() for m, v in r.items()} for k, r in results.items()}
 
     def _log_media(self, domain: str, batch: dict[str, Any], preds: torch.Tensor, batch_idx: int) -> None:
         loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]

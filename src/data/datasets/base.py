@@ -70,11 +70,13 @@ class OfficialSplit:
 
 
 class Sample(NamedTuple):
-    """One pair; `encoding` is the raw encoding its label file was found in, `name` its path stem in the layout."""
+    """One pair; `encoding` is the raw encoding its label file was found in, `name` its path stem in the layout.
+
+    In an unlabelled split (`labelled=False`) `label` and `encoding` are None."""
 
     image: Path
-    label: Path
-    encoding: LabelEncoding
+    label: Path | None
+    encoding: LabelEncoding | None
     name: str
 
 
@@ -134,8 +136,16 @@ class LayoutDataset(SegmentationDataset):
     - `default_dir`: its folder under the data root (docs/method.md §6.1), e.g. `gta` for GTA5;
     - `official_splits`: the splits the protocols read, with their official sizes (the layout-check entries);
     - `layout(...)`: a static method giving the `Layout` of one split (its arguments are the constructor's);
-    - `synthetic_kinds()`, `synthetic_splits`, `synthetic_layouts(split, **variant)`, `synthetic_stem(split, i)`,
-      `palette_labels`: what the writer in `src.data.synthetic` generates in the dataset's real naming.
+    - `synthetic_kinds()`, `synthetic_splits`, `synthetic_layouts(split, **variant)`, `synthetic_stem(split, i)`
+      (`synthetic_stems(split, domain, n)` where a domain needs its own names), `palette_labels`: what the writer
+      in `src.data.synthetic` generates in the dataset's real naming;
+    - `unlabelled_splits`: the splits that ship without labels (the test-server splits), with their official image
+      counts; they are read with `labelled=False` (images only), `src.submit` exports predictions for them and the
+      writer generates their images only.
+
+    `labelled=False` lists the images of a split without looking for labels (a test split); each item's label is
+    then all ignore (255) at the image's size, so the test pipeline and batching stay the evaluator's while nothing
+    can be scored. For a labelled split (the default) an image without its label is an error.
     """
 
     registry: ClassVar[dict[str, type[LayoutDataset]]] = {}
@@ -149,6 +159,9 @@ class LayoutDataset(SegmentationDataset):
     """Splits the writer generates when none are asked for."""
     palette_labels: ClassVar[bool] = False
     """Whether the raw label PNGs ship as palette images (GTA5), which the writer then imitates."""
+    unlabelled_splits: ClassVar[tuple[OfficialSplit, ...]] = ()
+    """Splits without labels (test-server splits) and their official image counts; `kwargs` select one, with
+    `labelled=False`."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -178,10 +191,24 @@ class LayoutDataset(SegmentationDataset):
         """Relative path without suffix of generated sample `index` of `split`, in the dataset's real naming."""
         raise NotImplementedError
 
-    def __init__(self, root: str | Path, layout: Layout, transform: A.BaseCompose | None = None) -> None:
+    @classmethod
+    def synthetic_stems(cls, split: str, domain: str, count: int) -> list[str]:
+        """The stems of one generated domain of `split`: `synthetic_stem(split, i)` for i < count, the same in
+        every domain unless a class needs otherwise."""
+        return [cls.synthetic_stem(split, i) for i in range(count)]
+
+    @classmethod
+    def is_unlabelled_split(cls, split: str) -> bool:
+        """Whether `split` ships without labels (one of `unlabelled_splits`)."""
+        return any(s.kwargs.get("split") == split for s in cls.unlabelled_splits)
+
+    def __init__(
+        self, root: str | Path, layout: Layout, transform: A.BaseCompose | None = None, labelled: bool = True
+    ) -> None:
         super().__init__(transform)
         self.root = Path(root)
         self.layout = layout
+        self.labelled = bool(labelled)
         self.samples = self._scan()
         self._checked: set[int] = set()  # labels already checked (and warned about) in this process
         self._warned = 0
@@ -189,12 +216,18 @@ class LayoutDataset(SegmentationDataset):
     def _scan(self) -> list[Sample]:
         layout = self.layout
         image_root, label_root = self.root / layout.image_dir, self.root / layout.label_dir
-        expected = f"expected {layout.describe()} under {self.root}"
+        if self.labelled:
+            expected = f"expected {layout.describe()} under {self.root}"
+        else:
+            expected = f"expected images {layout.image_dir}/**/*{layout.image_suffix} (unlabelled) under {self.root}"
         if not image_root.is_dir():
             raise FileNotFoundError(f"{type(self).__name__}: {image_root} does not exist; {expected}")
         images = sorted(image_root.rglob(f"*{layout.image_suffix}"))
         if not images:
             raise FileNotFoundError(f"{type(self).__name__}: no *{layout.image_suffix} under {image_root}; {expected}")
+        if not self.labelled:  # a test split: the images alone, whatever label files lie beside them
+            suffix = len(layout.image_suffix)
+            return [Sample(p, None, None, p.relative_to(image_root).as_posix()[:-suffix]) for p in images]
         present = {p for suffix, _ in layout.labels for p in label_root.rglob(f"*{suffix}")}
         samples, unlabelled = [], []
         for image in images:
@@ -238,6 +271,8 @@ class LayoutDataset(SegmentationDataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.samples[index]
         image = read_image(sample.image)
+        if sample.label is None:  # unlabelled split: all ignore, at the image's size
+            return image, np.full(image.shape[:2], IGNORE_INDEX, np.uint8)
         raw = read_raw_label(sample.label)
         label = sample.encoding.to_train_ids(raw)
         if image.shape[:2] != label.shape:

@@ -9,11 +9,19 @@ import albumentations as A
 from src.data.datasets.base import Layout, LayoutDataset, OfficialSplit
 from src.data.labels import LABEL_IDS, TRAIN_IDS
 
-_SYNTHETIC_CITIES = {"train": ("aachen", "bochum"), "val": ("frankfurt", "lindau", "munster")}
+_SYNTHETIC_CITIES = {
+    "train": ("aachen", "bochum"),
+    "val": ("frankfurt", "lindau", "munster"),
+    "test": ("berlin", "bielefeld", "bonn"),
+}
 
 
 class CityscapesDataset(LayoutDataset):
-    """Cityscapes fine annotations: `*_gtFine_labelTrainIds.png` when present, else `*_gtFine_labelIds.png`."""
+    """Cityscapes fine annotations: `*_gtFine_labelTrainIds.png` when present, else `*_gtFine_labelIds.png`.
+
+    The test split (1,525 images, scored by the Cityscapes server) is read with `labelled=False`: only its images
+    are listed (its annotations are not public; any gtFine/test files beside them are ignored).
+    """
 
     key = "cityscapes"
     default_dir = "cityscapes"
@@ -22,9 +30,17 @@ class CityscapesDataset(LayoutDataset):
         OfficialSplit("val", 500, {"split": "val"}),
     )
     synthetic_splits = ("train", "val")
+    unlabelled_splits = (OfficialSplit("test", 1_525, {"split": "test"}),)
 
-    def __init__(self, root: str | Path, split: str = "train", transform: A.BaseCompose | None = None) -> None:
-        super().__init__(root, self.layout(split), transform)
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transform: A.BaseCompose | None = None,
+        *,
+        labelled: bool = True,
+    ) -> None:
+        super().__init__(root, self.layout(split), transform, labelled=labelled)
 
     @staticmethod
     def layout(split: str = "train") -> Layout:
