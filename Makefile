@@ -13,11 +13,14 @@ ARGS ?=
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
+# imagecorruptions-imaug (Cityscapes-C, src/data/corruptions.py) goes in with --no-deps: its metadata asks for
+# opencv-python, which would overwrite opencv-python-headless; its other needs are in pyproject.toml
 install: ## create .venv, install torch/torchvision, then this package (editable) with the dev extra
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps "imagecorruptions-imaug==1.1.5"
 
 test: ## run the default (CPU) test suite
 	$(PY) -m pytest -q

@@ -75,14 +75,18 @@ class DGDataModule(L.LightningDataModule):
         if not self.targets:
             self.targets = {name: factory() for name, factory in self.target_factories.items()}
 
-    def _loader(self, dataset: Dataset, batch_size: int, sampler=None, drop_last: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, batch_size: int, sampler=None, drop_last: bool = False, persistent: bool = False
+    ) -> DataLoader:
+        """``persistent``: keep the workers between epochs (training only: one evaluation loader per target domain,
+        kept alive, would hold targets × workers processes — 76 domains for Cityscapes-C)."""
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
+            persistent_workers=self.persistent_workers and persistent,
             drop_last=drop_last,
             # its own generator, so worker seeds never draw from (and shift) the global RNG stream
             generator=torch.Generator().manual_seed(self.seed),
@@ -104,7 +108,9 @@ class DGDataModule(L.LightningDataModule):
                 sampler.set_epoch(self._resume["epoch"])
                 sampler.skip(skip)
             self._resume = None
-        return self._loader(SeededDataset(self.source), self.batch_size, sampler=sampler, drop_last=True)
+        return self._loader(
+            SeededDataset(self.source), self.batch_size, sampler=sampler, drop_last=True, persistent=True
+        )
 
     def _resume_skip(self, sampler: ResumableSampler) -> int:
         """How many of its samples this rank skips to continue the interrupted epoch (0 at an epoch's end).
