@@ -53,7 +53,7 @@ from src.data.labels import IGNORE_INDEX, NUM_CLASSES, train_to_label_ids
 from src.data.transforms import build_test_transform
 from src.eval import seed_for_build
 from src.models.authors import AuthorsWeights, open_checkpoint
-from src.models.inference import slide_inference, window_grid
+from src.models.inference import eval_autocast, window_grid
 from src.models.module import SegmentationModule
 from src.models.segmenter import Segmenter
 from src.utils.checkpoint import CheckpointError, UserError, atomic_write
@@ -280,14 +280,8 @@ def domain_pipeline(cfg: DictConfig) -> tuple[str, A.BaseCompose]:
 
 
 def _autocast(cfg: DictConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    """The evaluator's precision: the trainer's mixed precision (bf16-mixed in the paper's GPU runs), as Lightning
-    applies it (bf16 autocast on a CPU too; fp16 on a GPU only), and as src.submit applies it."""
-    precision = str((cfg.get("trainer") or {}).get("precision", "32-true"))
-    if "mixed" in precision and precision.startswith("bf16"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if "mixed" in precision and precision.startswith("16") and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+    """The evaluator's precision: the trainer's mixed precision (bf16-mixed in the paper's GPU runs)."""
+    return eval_autocast((cfg.get("trainer") or {}).get("precision"), device)
 
 
 # --------------------------------------------------------------------------- the model's outputs
@@ -387,9 +381,7 @@ class Predictor:
         batch = torch.stack([self.transform(image=image)["image"] for image in images]).to(self.device)
         size = tuple(images[0].shape[:2])
         with self.autocast:
-            probs = slide_inference(
-                self.module.segmenter.predict, batch, self.module.num_classes, out_size=size, **self.module.slide
-            )
+            probs = self.module(batch, out_size=size)
         pred = probs.argmax(1)
         if self.min_confidence > 0:
             pred[probs.amax(1) < self.min_confidence] = IGNORE_INDEX

@@ -52,7 +52,7 @@ from src.data.datasets import DATASETS, LayoutDataset
 from src.data.labels import train_to_label_ids
 from src.eval import seed_for_build
 from src.models.authors import open_checkpoint
-from src.models.inference import slide_inference
+from src.models.inference import eval_autocast
 from src.models.module import SegmentationModule
 from src.utils.checkpoint import CheckpointError, UserError, atomic_write
 from src.utils.instantiate import build_module, check_config, instantiate_checked
@@ -281,12 +281,7 @@ def load_model(cfg: DictConfig) -> SegmentationModule:
 
 def autocast(cfg: DictConfig, device: torch.device) -> contextlib.AbstractContextManager:
     """The evaluator's precision: the trainer's mixed precision (bf16-mixed in the paper's GPU runs)."""
-    precision = str((cfg.get("trainer") or {}).get("precision", "32-true"))
-    if "mixed" in precision and precision.startswith("bf16"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if "mixed" in precision and precision.startswith("16") and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+    return eval_autocast((cfg.get("trainer") or {}).get("precision"), device)
 
 
 def _same_size(items: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -320,9 +315,7 @@ def predict_domain(
             images = torch.stack([item["image"] for item in group]).to(device)
             size = tuple(group[0]["label"].shape[-2:])
             with precision or contextlib.nullcontext():
-                probs = slide_inference(
-                    model.segmenter.predict, images, model.num_classes, out_size=size, **model.slide
-                )
+                probs = model(images, out_size=size)
             preds = probs.argmax(1).to(torch.uint8).cpu().numpy()
             for item, pred in zip(group, preds):
                 yield item["name"], pred

@@ -76,7 +76,7 @@ def test_eval_and_predict_run_on_the_smoke_checkpoint(smoke_run, tmp_path):
     assert (tmp_path / "results.csv").is_file() and "| snow |" in (tmp_path / "results.md").read_text()
     images = smoke_run / "data" / "smoke" / "acdc" / "rgb_anon" / "fog" / "val"
     cfg = compose_config(
-        [*base, f"input_dir={images}", f"output_dir={tmp_path / 'pred'}", "with_depth=true", "scale=[128,64]"],
+        [*base, f"input_dir={images}", f"output_dir={tmp_path / 'pred'}", "outputs=[panel]"],
         tmp_path,
         config_name="predict",
     )

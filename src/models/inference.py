@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -53,3 +54,14 @@ def slide_inference(
     if out_size is not None and tuple(out_size) != (h, w):
         canvas = F.interpolate(canvas, size=tuple(out_size), mode="bilinear", align_corners=False)
     return canvas
+
+
+def eval_autocast(precision: str | int | None, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast Lightning applies for a trainer ``precision`` outside the trainer (``src.predict``,
+    ``src.submit``): bf16 mixed on any device, fp16 mixed on CUDA only, nothing for full precision."""
+    precision = str(precision or "32-true")
+    if "mixed" in precision and precision.startswith("bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if "mixed" in precision and precision.startswith("16") and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()

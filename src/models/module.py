@@ -67,9 +67,12 @@ class SegmentationModule(L.LightningModule):
             if name not in self.metrics:
                 self.metrics[name] = SegmentationIoU(self.num_classes, self.segmenter.ignore_index)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-class probabilities (B, K, H, W) by sliding-window inference."""
-        return slide_inference(self.segmenter.predict, images, self.num_classes, **self.slide)
+    def forward(self, images: torch.Tensor, out_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Per-class probabilities (B, K, H, W) by sliding-window inference with ``slide``, resized to ``out_size``.
+
+        The one prediction path of validation, test, ``src.predict`` and ``src.submit``.
+        """
+        return slide_inference(self.segmenter.predict, images, self.num_classes, out_size=out_size, **self.slide)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
@@ -95,10 +98,7 @@ class SegmentationModule(L.LightningModule):
     def _eval_step(self, batch: dict[str, Any], dataloader_idx: int, stage: str, batch_idx: int) -> None:
         domain = self.domains[dataloader_idx]
         labels = batch["label"]
-        probs = slide_inference(
-            self.segmenter.predict, batch["image"], self.num_classes, out_size=tuple(labels.shape[-2:]), **self.slide
-        )
-        preds = probs.argmax(1)
+        preds = self(batch["image"], out_size=tuple(labels.shape[-2:])).argmax(1)
         self.metrics[domain].update(preds, labels)
         if stage == "val" and batch_idx < self.log_images:
             self._log_media(domain, batch, preds, batch_idx)

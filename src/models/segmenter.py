@@ -101,8 +101,19 @@ class Segmenter(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-class probabilities (B, K, H, W) at the input size (method §5.4)."""
-        return self.mask_head.semantic_map(self(images), images.shape[-2:])
+        """Per-class probabilities (B, K, H, W) at the input size (method §5.4).
+
+        An input whose sides are not multiples of the visual patch size (a test image resized below the crop, say
+        63 px high) is padded at the bottom and right with zeros — the mean colour after normalisation — as mmseg
+        pads to a size divisor, and the prediction is cropped back.
+        """
+        h, w = images.shape[-2:]
+        patch = self.visual_backbone.patch_size
+        pad_h, pad_w = -h % patch, -w % patch
+        if pad_h or pad_w:
+            images = torch.nn.functional.pad(images, (0, pad_w, 0, pad_h))
+        probs = self.mask_head.semantic_map(self(images), images.shape[-2:])
+        return probs[..., :h, :w]
 
     # ------------------------------------------------------------------ trainable state
     def _frozen_prefixes(self) -> tuple[str, ...]:

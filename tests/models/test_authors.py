@@ -547,7 +547,7 @@ def test_eval_and_predict_take_the_authors_files(tmp_path):
 
     images = tmp_path / "data" / "smoke" / "acdc" / "rgb_anon" / "fog" / "val"
     cfg = compose_config(
-        [*TINY, *data, *pair, f"input_dir={images}", f"output_dir={tmp_path / 'pred'}", "scale=[128,64]"],
+        [*TINY, *data, *pair, f"input_dir={images}", f"output_dir={tmp_path / 'pred'}"],
         tmp_path / "d",
         config_name="predict",
     )

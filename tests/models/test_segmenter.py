@@ -173,3 +173,16 @@ def test_a_one_step_warm_up_is_refused_with_the_fix():
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
     with pytest.raises(ValueError, match="pct_start.*trainer.max_steps"):
         one_cycle(optimizer, total_steps=10, pct_start=0.1)
+
+
+def test_predict_pads_sides_that_are_not_a_multiple_of_the_patch(module):
+    """A 63×40 input (patch 16) is padded with zeros to 64×48, predicted, and cropped back: the probabilities equal
+    those of the explicitly padded image, cropped."""
+    seg = module.segmenter.eval()
+    torch.manual_seed(5)
+    images = torch.randn(1, 3, 63, 40)
+    probs = seg.predict(images)
+    assert probs.shape == (1, seg.num_classes, 63, 40)
+    padded = torch.nn.functional.pad(images, (0, 8, 0, 1))
+    expected = seg.mask_head.semantic_map(seg(padded), (64, 48))[..., :63, :40]
+    torch.testing.assert_close(probs, expected, rtol=0, atol=0)
