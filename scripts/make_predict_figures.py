@@ -27,7 +27,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import torch
@@ -42,6 +41,7 @@ from src.minidg.dataset import TEST, test_scene  # noqa: E402
 from src.minidg.render import Camera, render, sample_scene  # noqa: E402
 from src.minidg.styles import stylize, to_uint8  # noqa: E402
 from src.predict import predict_folder  # noqa: E402
+from src.utils.video import read_clip, write_clip  # noqa: E402
 
 DOMAINS = ("day", "night", "fog", "snow")
 
@@ -95,24 +95,6 @@ def drive(seed: int, index: int, style: str, frames: int, step: float) -> list[n
         frame = render(dataclasses.replace(scene, camera=moved))
         clip.append(to_uint8(stylize(frame, style, key)))
     return clip
-
-
-def write_clip(path: Path, frames: list[np.ndarray], rate: int = 12) -> None:
-    """Frames -> an H.264 MP4 with PyAV, losslessly (libx264rgb, crf 0) so that the input is exactly the frames."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264rgb", rate=rate, options={"crf": "0"})
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "rgb24"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def read_clip(path: Path) -> list[np.ndarray]:
-    with av.open(str(path)) as container:
-        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
 
 
 def predicted_miou(

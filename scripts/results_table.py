@@ -103,24 +103,13 @@ def _params() -> dict[tuple[str, str], str]:
     return out
 
 
+BDD_MAP_GTA = ("bdd", "map", "gta")
+CITYS_BDD_MAP = ("citys", "bdd", "map")
+
 TABLES = (
     TableSpec("1", "Cityscapes → ACDC (val)", "citys2acdc", ACDC, ACDC, BASELINES),
-    TableSpec(
-        "2",
-        "Cityscapes → BDD100K, Mapillary, GTA5",
-        "citys2bdd_map_gta",
-        ("bdd", "map", "gta"),
-        ("bdd", "map", "gta"),
-        BASELINES,
-    ),
-    TableSpec(
-        "3",
-        "GTA5 → Cityscapes, BDD100K, Mapillary",
-        "gta2citys",
-        ("citys", "bdd", "map"),
-        ("citys", "bdd", "map"),
-        BASELINES,
-    ),
+    TableSpec("2", "Cityscapes → BDD100K, Mapillary, GTA5", "citys2bdd_map_gta", BDD_MAP_GTA, BDD_MAP_GTA, BASELINES),
+    TableSpec("3", "GTA5 → Cityscapes, BDD100K, Mapillary", "gta2citys", CITYS_BDD_MAP, CITYS_BDD_MAP, BASELINES),
     TableSpec(
         "4",
         "ablation of the components, Cityscapes → ACDC",
@@ -186,16 +175,28 @@ PAPER: dict[tuple[str, str, str], dict[str, str]] = {
     ("3", "dinov2_l", "fada"): _row("68.23 61.94 68.09", ("citys", "bdd", "map")),
     ("3", "dinov2_l", "depthforge"): _row("69.04 62.82 69.22", ("citys", "bdd", "map")),
     **{
-        ("4", "eva02_l", method): _row(values, (*ACDC, "bdd", "map"))
-        for method, values in {
-            "rein": "66.0 52.1 76.0 69.5 60.0 70.0",
-            "depth_bias": "66.3 52.2 76.2 69.8 60.2 70.2",
-            "prompt_da": "65.8 52.4 75.5 69.3 60.4 69.9",
-            "da_only": "67.2 53.0 77.0 70.2 60.9 70.8",
-            "drd": "67.7 53.5 77.6 70.7 61.2 71.0",
-            "da_ao": "67.9 53.7 77.8 70.9 61.5 71.2",
-            "depthforge": "69.5 54.5 78.5 72.0 62.0 73.0",
+        ("4", backbone, method): _row(values, (*ACDC, "bdd", "map"))
+        for backbone, rows in {
+            "dinov2_l": {
+                "rein": "70.6 55.9 79.5 72.5 63.5 74.0",
+                "depth_bias": "70.8 56.1 79.4 72.8 63.6 74.2",
+                "prompt_da": "70.4 55.5 79.7 72.0 63.8 73.9",
+                "da_only": "71.5 56.7 80.5 73.3 64.4 74.5",
+                "drd": "72.0 57.2 80.7 74.0 64.9 74.8",
+                "da_ao": "72.2 57.4 80.9 74.2 65.1 75.0",
+                "depthforge": "75.4 60.4 81.2 75.4 66.2 76.0",
+            },
+            "eva02_l": {
+                "rein": "66.0 52.1 76.0 69.5 60.0 70.0",
+                "depth_bias": "66.3 52.2 76.2 69.8 60.2 70.2",
+                "prompt_da": "65.8 52.4 75.5 69.3 60.4 69.9",
+                "da_only": "67.2 53.0 77.0 70.2 60.9 70.8",
+                "drd": "67.7 53.5 77.6 70.7 61.2 71.0",
+                "da_ao": "67.9 53.7 77.8 70.9 61.5 71.2",
+                "depthforge": "69.5 54.5 78.5 72.0 62.0 73.0",
+            },
         }.items()
+        for method, values in rows.items()
     },
     # Tables 6-7 (GTA5 -> Cityscapes, BDD100K, Mapillary); Table 7's style-augmentation rows (AdvStyle, PASTA,
     # GTR-LTR) have no implementation here
@@ -238,18 +239,6 @@ PAPER: dict[tuple[str, str, str], dict[str, str]] = {
             },
         }.items()
         for method, values in rows.items()
-    },
-    **{
-        ("4", "dinov2_l", method): _row(values, (*ACDC, "bdd", "map"))
-        for method, values in {
-            "rein": "70.6 55.9 79.5 72.5 63.5 74.0",
-            "depth_bias": "70.8 56.1 79.4 72.8 63.6 74.2",
-            "prompt_da": "70.4 55.5 79.7 72.0 63.8 73.9",
-            "da_only": "71.5 56.7 80.5 73.3 64.4 74.5",
-            "drd": "72.0 57.2 80.7 74.0 64.9 74.8",
-            "da_ao": "72.2 57.4 80.9 74.2 65.1 75.0",
-            "depthforge": "75.4 60.4 81.2 75.4 66.2 76.0",
-        }.items()
     },
     **{
         ("5", "dinov2_l", method): _row(values, ACDC)

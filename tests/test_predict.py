@@ -25,6 +25,7 @@ from src.models.inference import slide_inference
 from src.predict import PredictionError, domain_pipeline, predict_folder
 from src.utils.checkpoint import atomic_torch_save
 from src.utils.instantiate import build_module
+from src.utils.video import read_clip, write_clip
 from src.utils.visualize import blend, legend
 from tests.conftest import compose_config
 
@@ -235,24 +236,6 @@ def test_kinds_the_model_cannot_give_are_refused_before_it_is_built(trained, tmp
 # --------------------------------------------------------------------------- videos
 
 
-def write_clip(path: Path, frames: list[np.ndarray], rate: int = 5, codec: str = "libx264rgb") -> None:
-    """Frames -> a video with PyAV (libx264rgb at crf 0 is lossless: the frames decode exactly)."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=rate, options={"crf": "0"})
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "rgb24" if codec == "libx264rgb" else "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def read_clip(path: Path) -> list[np.ndarray]:
-    with av.open(str(path)) as container:
-        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-
-
 def test_a_video_becomes_an_overlay_video_streamed_frame_by_frame(
     trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -263,7 +246,7 @@ def test_a_video_becomes_an_overlay_video_streamed_frame_by_frame(
     clips, stills = tmp_path / "clips", tmp_path / "stills"
     clips.mkdir()
     stills.mkdir()
-    write_clip(clips / "drive.mp4", frames)
+    write_clip(clips / "drive.mp4", frames, rate=5)
     decoded = read_clip(clips / "drive.mp4")
     assert len(decoded) == 8 and all(np.array_equal(a, b) for a, b in zip(decoded, frames))
     for i, frame in enumerate(decoded):

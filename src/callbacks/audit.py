@@ -120,26 +120,10 @@ class RunAudit(Callback):
             previous = self._eval.get(dataloader_idx)
             self._eval[dataloader_idx] = count if previous is None else previous + count
 
-    def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._count_eval(batch, dataloader_idx)
 
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._count_eval(batch, dataloader_idx)
 
     def _check_eval(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

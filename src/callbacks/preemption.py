@@ -200,15 +200,7 @@ class Preemption(Checkpoint):
             connector.update_train_step_metrics()
         self._stop(trainer, pending_validation=validation_due(trainer), in_validation=False)
 
-    def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         if self._finishing_validation or not self._requested(trainer):
