@@ -19,7 +19,7 @@ from src.data.labels import (
 cs_labels = pytest.importorskip("cityscapesscripts.helpers.labels")
 
 # docs/method.md §6.2, written out literally: train ID -> Mapillary v1.2 indices.
-SPEC_MAPILLARY = {
+EXPECTED_MAPILLARY = {
     0: [7, 8, 10, 13, 14, 23, 24],
     1: [2, 9, 11, 15],
     2: [17],
@@ -41,7 +41,7 @@ SPEC_MAPILLARY = {
     18: [52],
     255: [0, 1, 4, 5, 12, 16, 18, 25, 26, 28, *range(31, 44), 51, 53, 56, 59, 60, *range(62, 66)],
 }
-SPEC_MAPILLARY_NAMES = {
+EXPECTED_MAPILLARY_NAMES = {
     7: "Bike Lane", 8: "Crosswalk - Plain", 10: "Parking", 13: "Road", 14: "Service Lane",
     23: "Lane Marking - Crosswalk", 24: "Lane Marking - General", 2: "Curb", 9: "Curb Cut", 11: "Pedestrian Area",
     15: "Sidewalk", 17: "Building", 6: "Wall", 3: "Fence", 44: "Street Light", 45: "Pole", 47: "Utility Pole",
@@ -66,14 +66,14 @@ def test_class_names_and_palette_equal_cityscapesscripts() -> None:
         assert tuple(cs_labels.trainId2label[train_id].color) == tuple(colour)
 
 
-@pytest.mark.parametrize("train_id", sorted(SPEC_MAPILLARY))
+@pytest.mark.parametrize("train_id", sorted(EXPECTED_MAPILLARY))
 def test_mapillary_table_equals_spec_row(train_id: int) -> None:
-    assert np.flatnonzero(MAPILLARY_V12.lut[:66] == train_id).tolist() == SPEC_MAPILLARY[train_id]
+    assert np.flatnonzero(MAPILLARY_V12.lut[:66] == train_id).tolist() == EXPECTED_MAPILLARY[train_id]
 
 
 def test_mapillary_names_and_rule() -> None:
     assert len(MAPILLARY_V12_CLASSES) == 66
-    for index, name in SPEC_MAPILLARY_NAMES.items():
+    for index, name in EXPECTED_MAPILLARY_NAMES.items():
         assert MAPILLARY_V12_CLASSES[index] == name
     assert mapillary_train_id("Traffic Sign (Front)") == 7
     assert mapillary_train_id("Lane Marking - General") == 0

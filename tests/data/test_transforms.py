@@ -23,7 +23,7 @@ from src.data.transforms import (
     short_edge_size,
 )
 
-SPEC_SHORT_EDGES = (256, 307, 358, 409, 460, 512, 563, 614, 665, 716, 768, 819, 870, 921, 972, 1024)
+EXPECTED_SHORT_EDGES = (256, 307, 358, 409, 460, 512, 563, 614, 665, 716, 768, 819, 870, 921, 972, 1024)
 
 
 def _scene(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +36,7 @@ def _denormalise(image: torch.Tensor) -> np.ndarray:
 
 
 def test_short_edge_choices_are_spec_values() -> None:
-    assert short_edge_choices(512, DEFAULT_RATIOS) == SPEC_SHORT_EDGES
+    assert short_edge_choices(512, DEFAULT_RATIOS) == EXPECTED_SHORT_EDGES
     assert short_edge_choices(540, DEFAULT_RATIOS) == tuple(int(540 * k * 0.1) for k in range(5, 21))
     assert short_edge_choices(1024, DEFAULT_RATIOS)[-1] == 2048
 
