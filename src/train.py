@@ -22,6 +22,7 @@ from src.callbacks import Preempted, RunAudit, check_run
 from src.callbacks.preemption import resume_record_path, slurm_job_key
 from src.utils.checkpoint import CheckpointError
 from src.utils.instantiate import build_module, build_trainer, check_config, import_requested, instantiate_checked
+from src.utils.wandb import finish_wandb
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except BaseException:
+        finish_wandb(exit_code=1)  # each job of a multirun has its own W&B run: close it, failed
+        raise
+    finish_wandb()
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
 

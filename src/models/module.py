@@ -20,7 +20,7 @@ from src.metrics import SegmentationIoU, mean_miou
 from src.models.inference import slide_inference
 from src.models.segmenter import Segmenter, apply_multipliers
 from src.utils.checkpoint import CheckpointError, config_differences
-from src.utils.visualize import colorize, denormalize
+from src.utils.visualize import denormalize, depth_to_rgb
 
 
 class SegmentationModule(L.LightningModule):
@@ -137,18 +137,53 @@ class SegmentationModule(L.LightningModule):
         self.test_results = {k: {m: v.detach().cpu() for m, v in r.items()} for k, r in results.items()}
 
     def _log_media(self, domain: str, batch: dict[str, Any], preds: torch.Tensor, batch_idx: int) -> None:
+        """The first ``log_images`` validation batches of each domain (a fixed set: the target loaders are not
+        shuffled) to W&B: ``val/<domain>/example_<i>`` = the image with the ground truth and the prediction as
+        segmentation masks (class labels), and ``val/<domain>/depth_<i>`` = the depth VFM's relative depth."""
         loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
-        if not loggers or self.trainer.sanity_checking:
+        if not loggers or self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
+        import wandb
+
+        label, pred = batch["label"][0], preds[0]
+        h, w = label.shape[-2:]
         image = denormalize(batch["image"][0])
-        label, pred = colorize(batch["label"][0]), colorize(preds[0])
-        h, w = label.shape[:2]
         image = torch.nn.functional.interpolate(image[None].float(), size=(h, w), mode="bilinear")[0]
-        panel = torch.cat([image.permute(1, 2, 0).byte(), label, pred], dim=1).cpu().numpy()
-        for lg in loggers:
-            lg.log_image(
-                key=f"val/{domain}/example_{batch_idx}", images=[panel], caption=["image | label | prediction"]
+        class_labels = self._wandb_class_labels()
+        masks = {
+            "prediction": {"mask_data": pred.cpu().numpy().astype(np.uint8), "class_labels": class_labels},
+            "ground_truth": {"mask_data": label.cpu().numpy().astype(np.uint8), "class_labels": class_labels},
+        }
+        media = {
+            f"val/{domain}/example_{batch_idx}": wandb.Image(
+                image.round().byte().permute(1, 2, 0).cpu().numpy(), masks=masks, caption=f"{domain} #{batch_idx}"
             )
+        }
+        depth = self._wandb_depth(batch["image"][:1], (h, w))
+        if depth is not None:
+            media[f"val/{domain}/depth_{batch_idx}"] = wandb.Image(depth, caption="relative depth (near = bright)")
+        for lg in loggers:
+            lg.experiment.log({**media, "trainer/global_step": self.trainer.global_step})
+
+    def _wandb_class_labels(self) -> dict[int, str]:
+        """Mask value -> class name for W&B segmentation masks (the ignore label included)."""
+        labels = dict(enumerate(CLASS_NAMES[: self.num_classes]))
+        labels[int(self.segmenter.ignore_index)] = "ignore"
+        return labels
+
+    @torch.no_grad()
+    def _wandb_depth(self, images: torch.Tensor, size: tuple[int, int]) -> np.ndarray | None:
+        """The depth VFM's relative depth of ``images[0]`` as an RGB picture of ``size``; None without a depth VFM
+        (or one that cannot predict depth)."""
+        depth_backbone = getattr(self.segmenter, "depth_backbone", None)
+        if depth_backbone is None or not hasattr(depth_backbone, "predict_depth"):
+            return None
+        try:
+            depth = depth_backbone.predict_depth(images)[0]
+        except Exception as err:  # noqa: BLE001 - a picture for the dashboard never stops a validation
+            warnings.warn(f"no depth picture for W&B: {err}", stacklevel=2)
+            return None
+        return depth_to_rgb(depth, size)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
