@@ -7,6 +7,8 @@
   validation schedule against it at the end (:func:`check_run`);
 - :class:`RunReport`: the per-domain, per-class table of the last validation printed and written into the run
   directory when training ends (one log line per validation before that).
+- :class:`StepProgress`: the global step out of ``max_steps``, it/s, ETA, loss and lr, as a bar on a terminal and as
+  plain lines in a log file.
 """
 
 from src.callbacks.audit import RunAudit, check_run
@@ -14,6 +16,7 @@ from src.callbacks.checkpoint import StepCheckpoint
 from src.callbacks.errors import DataError, IncompleteRunError, NonFiniteTrainingError
 from src.callbacks.nonfinite import NonFiniteGuard
 from src.callbacks.preemption import Preempted, Preemption
+from src.callbacks.progress import StepProgress
 from src.callbacks.report import RunReport
 
 __all__ = [
@@ -26,5 +29,6 @@ __all__ = [
     "RunAudit",
     "RunReport",
     "StepCheckpoint",
+    "StepProgress",
     "check_run",
 ]
