@@ -66,7 +66,7 @@ def test_the_end_of_a_run_writes_and_prints_the_per_domain_per_class_table(smoke
         float(rows[i]["mIoU"]) == pytest.approx(float(logged[-1][f"val/{d}/mIoU"])) for i, d in enumerate(DOMAINS)
     )
     # printed as plain text: classes down, domains across, the mean named, where it was written
-    start = printed.index("validation at step 2")
+    start = printed.index("validation at step 2 ")  # the report (the progress lines say "…step 2:")
     table = printed[start : printed.index("\n", printed.index("written to", start))]
     lines = table.splitlines()
     assert lines[1].split() == [*DOMAINS, "mean"]
