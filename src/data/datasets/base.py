@@ -174,7 +174,7 @@ class LayoutDataset(SegmentationDataset):
     @staticmethod
     def layout(*args: Any, **kwargs: Any) -> Layout:
         """The `Layout` of one split; each subclass takes its constructor's split arguments (`split`, ...)."""
-        raise NotImplementedError
+        raise NotImplementedError("a LayoutDataset subclass defines layout(); see docs/extending.md §2")
 
     @classmethod
     def synthetic_kinds(cls) -> dict[str, dict[str, str]]:
@@ -189,7 +189,10 @@ class LayoutDataset(SegmentationDataset):
     @classmethod
     def synthetic_stem(cls, split: str, index: int) -> str:
         """Relative path without suffix of generated sample `index` of `split`, in the dataset's real naming."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{cls.__name__} defines no synthetic_stem(), so src.data.synthetic cannot generate it "
+            "(docs/extending.md §2)"
+        )
 
     @classmethod
     def synthetic_stems(cls, split: str, domain: str, count: int) -> list[str]:
