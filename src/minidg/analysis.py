@@ -8,6 +8,7 @@ unchanged. The visual tokens are the raw block outputs the adapters see; the dep
 
     python -m src.minidg.analysis --assets assets/minidg --num-scenes 150
     python -m src.minidg.analysis --runs logs/minidg_sweep/rein_seed0   # + a trained run's token attention
+    python -m src.minidg.analysis --export-run logs/minidg_sweep/rein_seed0 assets/minidg/runs/rein  # ship a run
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from src.minidg.styles import TARGET_STYLES
 from src.minidg.vfms import depth_block_tokens, depth_vfm, normalize, visual_block_tokens, visual_vfm
 from src.models.module import SegmentationModule
 from src.predict import load_weights
+from src.utils.checkpoint import atomic_torch_save, atomic_write
 from src.utils.instantiate import build_module
 
 
@@ -155,14 +157,49 @@ def format_attention_table(per_method: dict[str, dict[str, list[float]]]) -> str
     )
 
 
+RUN_CONFIG = "config.yaml"
+RUN_WEIGHTS = "model.ckpt"
+"""A shipped run (``assets/minidg/runs/<method>``, made by :func:`export_run`): its composed config and its weights."""
+
+
 def load_run(run_dir: Path, checkpoint: str = "last.ckpt") -> SegmentationModule:
-    """A finished training run's module, loaded as `src.eval`/`src.predict` load one: built from the run's own
-    composed config (`<run_dir>/.hydra/config.yaml`) and given `<run_dir>/checkpoints/<checkpoint>` by
-    `src.predict.load_weights`, which refuses a checkpoint made for another model configuration."""
+    """A trained run's module, loaded as `src.eval`/`src.predict` load one: built from the run's own composed config
+    and given its weights by `src.predict.load_weights`, which refuses a checkpoint made for another model
+    configuration. ``run_dir`` is a training run directory (`.hydra/config.yaml`, `checkpoints/<checkpoint>`) or a
+    shipped run (`config.yaml`, `model.ckpt`: :func:`export_run`)."""
     run_dir = Path(run_dir)
-    module = build_module(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
-    load_weights(module, run_dir / "checkpoints" / checkpoint)
+    if (run_dir / RUN_CONFIG).is_file():
+        config, weights = run_dir / RUN_CONFIG, run_dir / RUN_WEIGHTS
+    else:
+        config, weights = run_dir / ".hydra" / "config.yaml", run_dir / "checkpoints" / checkpoint
+    if not config.is_file() or not weights.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a run: expected {run_dir / '.hydra/config.yaml'} and {run_dir / 'checkpoints'}/"
+            f"{checkpoint} (a training run) or {run_dir / RUN_CONFIG} and {run_dir / RUN_WEIGHTS} (a shipped run)\n"
+            "  fix: pass the run's output directory (logs/.../<run>) or assets/minidg/runs/<method>"
+        )
+    module = build_module(OmegaConf.load(config))
+    load_weights(module, weights)
     return module
+
+
+def export_run(run_dir: Path, dest: Path, checkpoint: str = "last.ckpt") -> None:
+    """Write a finished MiniDG training run as a shipped run: `dest/config.yaml`, the run's composed config with its
+    machine-specific paths reset to the project defaults, and `dest/model.ckpt`, the checkpoint's trainable weights
+    and model config only (no optimiser state, no random state: what evaluation and prediction need). Both are
+    written atomically; the weights are checked to load back into the model the config builds."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    if dest.resolve() == run_dir.resolve():
+        raise ValueError(f"export_run would overwrite its input {run_dir}\n  fix: give another destination")
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    defaults = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "paths" / "default.yaml")
+    cfg.paths = defaults
+    content = torch.load(run_dir / "checkpoints" / checkpoint, map_location="cpu", weights_only=True)
+    slim = {"state_dict": content["state_dict"], "model_config": content["model_config"]}
+    with atomic_write(dest / RUN_CONFIG) as f:
+        f.write(OmegaConf.to_yaml(cfg).encode())
+    atomic_torch_save(slim, dest / RUN_WEIGHTS)
+    load_run(dest)
 
 
 def main() -> None:
@@ -171,9 +208,20 @@ def main() -> None:
     parser.add_argument("--num-scenes", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0, help="MiniDG dataset seed whose test scenes are used")
     parser.add_argument(
-        "--runs", type=Path, nargs="*", default=[], help="training run directories: also their token attention"
+        "--runs", type=Path, nargs="*", default=[], help="run directories (trained or shipped): their token attention"
+    )
+    parser.add_argument(
+        "--export-run",
+        type=Path,
+        nargs=2,
+        metavar=("RUN_DIR", "DEST"),
+        help="only write training run RUN_DIR as a shipped run in DEST (config.yaml + model.ckpt) and stop",
     )
     args = parser.parse_args()
+    if args.export_run:
+        export_run(*args.export_run)
+        print(f"wrote {args.export_run[1] / RUN_CONFIG} and {args.export_run[1] / RUN_WEIGHTS}")
+        return
     print(format_table(feature_stability(args.assets, args.num_scenes, args.seed)))
     if args.runs:
         stats = {str(run): token_attention(load_run(run).segmenter, seed=args.seed) for run in args.runs}
