@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from src.attention import record_attention
 from src.data.labels import IGNORE_INDEX, NUM_CLASSES, train_to_label_ids
 from src.data.transforms import build_test_transform
 from src.eval import seed_for_build
@@ -301,46 +302,33 @@ def dominant_tokens(
     """The most attended learnable token per pixel at visual ``layer``, and the number of tokens M.
 
     The adapter's ``attention(tokens, layer, depth)`` (B, N, M) is taken on the patch tokens that enter it at
-    ``layer`` in the slide windows the segmentation uses; each window's map is resized bilinearly to the window,
-    the windows are averaged as :func:`slide_inference` averages probabilities, resized to ``out_size`` and the
-    argmax over the M tokens is returned as (B, H, W).
+    ``layer`` (:func:`src.attention.record_attention`) in the slide windows the segmentation uses; each window's
+    map is resized bilinearly to the window, the windows are averaged as :func:`slide_inference` averages
+    probabilities, resized to ``out_size`` and the argmax over the M tokens is returned as (B, H, W).
     """
-    adapter = segmenter.token_adapter
-    captured: list[tuple[torch.Tensor, tuple[int, int]]] = []
-
-    def record(module: torch.nn.Module, args: tuple) -> None:
-        tokens, index, depth, grid = (*args, None, None)[:4]  # the backbone's call: adapter(tokens, i, depth, grid)
-        if index == layer:
-            captured.append((module.attention(tokens, layer, depth).float(), grid))
-
-    handle = adapter.register_forward_pre_hook(record)
     results, num_tokens = [], 0
-    try:
-        for image in images:
-            h, w = image.shape[-2:]
-            windows = window_grid(h, w, crop, stride)
-            crops = torch.stack([image[:, y1:y2, x1:x2] for (y1, y2, x1, x2) in windows])
-            maps = []
-            for chunk in crops.split(max_batch) if max_batch else (crops,):
-                captured.clear()
-                segmenter.visual_backbone(chunk, adapter, segmenter.depth_tokens(chunk))
-                weights, grid = captured[0]
-                maps.append(weights.transpose(1, 2).reshape(len(chunk), weights.shape[-1], *grid))
-            maps = torch.cat(maps)
-            num_tokens = maps.shape[1]
-            canvas = maps.new_zeros((num_tokens, h, w))
-            count = maps.new_zeros((1, h, w))
-            for k, (y1, y2, x1, x2) in enumerate(windows):
-                canvas[:, y1:y2, x1:x2] += F.interpolate(
-                    maps[k : k + 1], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False
-                )[0]
-                count[:, y1:y2, x1:x2] += 1
-            canvas /= count
-            if out_size is not None and tuple(out_size) != (h, w):
-                canvas = F.interpolate(canvas[None], size=tuple(out_size), mode="bilinear", align_corners=False)[0]
-            results.append(canvas.argmax(0))
-    finally:
-        handle.remove()
+    for image in images:
+        h, w = image.shape[-2:]
+        windows = window_grid(h, w, crop, stride)
+        crops = torch.stack([image[:, y1:y2, x1:x2] for (y1, y2, x1, x2) in windows])
+        maps = []
+        for chunk in crops.split(max_batch) if max_batch else (crops,):
+            recorded = record_attention(segmenter, chunk, [layer])  # (B, N, M) of the tokens the adapter gets
+            (weights,) = recorded.weights.values()
+            maps.append(weights.transpose(1, 2).reshape(len(chunk), weights.shape[-1], *recorded.grid))
+        maps = torch.cat(maps)
+        num_tokens = maps.shape[1]
+        canvas = maps.new_zeros((num_tokens, h, w))
+        count = maps.new_zeros((1, h, w))
+        for k, (y1, y2, x1, x2) in enumerate(windows):
+            canvas[:, y1:y2, x1:x2] += F.interpolate(
+                maps[k : k + 1], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False
+            )[0]
+            count[:, y1:y2, x1:x2] += 1
+        canvas /= count
+        if out_size is not None and tuple(out_size) != (h, w):
+            canvas = F.interpolate(canvas[None], size=tuple(out_size), mode="bilinear", align_corners=False)[0]
+        results.append(canvas.argmax(0))
     return torch.stack(results), num_tokens
 
 
@@ -402,7 +390,7 @@ class Predictor:
         depth = tokens = None
         if self.has_depth and ("depth" in kinds or "panel" in kinds):
             with self.autocast:
-                depth = self.module.segmenter.depth_backbone.predict_depth(batch).float().cpu()
+                depth = self.module.segmenter.depth_map(batch).float().cpu()
         if "attention" in kinds:
             with self.autocast:
                 tokens, num_tokens = dominant_tokens(

@@ -147,6 +147,11 @@ def test_each_multirun_job_has_its_own_finished_wandb_run(multirun):
     assert runs["depthforge"]["config"]["params"]["depth_backbone"]["frozen"] > 0
     # the depth VFM's picture, where the adapter has a depth VFM
     assert "val/fog/depth_0/_type" in set().union(*runs["depthforge"]["history"])
+    # the dominant token per patch of every layer (src.attention.layer_strip), for adapters with attention
+    for ablation in ("rein", "depthforge"):
+        row = next(r for r in runs[ablation]["history"] if "val/fog/attention_0/_type" in r)
+        assert row["val/fog/attention_0/_type"] == "image-file"
+        assert row["val/fog/attention_0/width"] >= 4 * 128  # a 128-pixel-wide panel for each of the 4 layers
 
 
 def test_a_resume_in_the_same_run_dir_keeps_the_wandb_run_id(tmp_path):

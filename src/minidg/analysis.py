@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from src.attention import record_attention, require_attention
 from src.minidg.dataset import test_scene
 from src.minidg.styles import TARGET_STYLES
 from src.minidg.vfms import depth_block_tokens, depth_vfm, normalize, visual_block_tokens, visual_vfm
@@ -104,26 +105,12 @@ def token_attention(segmenter: nn.Module, num_scenes: int = 40, seed: int = 0) -
     ``agree_<domain>``, the share of patches whose most-attended token is the same in day and in that domain
     (1 = the shift does not change which tokens a patch reads).
     """
-    adapter = segmenter.token_adapter
-    if not hasattr(adapter, "attention"):
-        raise ValueError(f"{type(adapter).__name__} has no token attention to diagnose")
+    require_attention(segmenter.token_adapter)  # an AttentionError (a ValueError) names the adapter
     images = domain_images(num_scenes, seed)
-    recorded: list[torch.Tensor] = []
-
-    def record(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        tokens, layer, depth, _grid = args  # the backbone's call: adapter(tokens, layer, depth, grid)
-        recorded.append(module.attention(tokens, layer, depth))
-
-    handle = adapter.register_forward_hook(record)
-    attention = {}
     segmenter.eval()
-    try:
-        for domain, batch in images.items():
-            recorded.clear()
-            segmenter(normalize(np.stack(batch)))
-            attention[domain] = list(recorded)  # one (B, N, M) per layer
-    finally:
-        handle.remove()
+    attention = {}
+    for domain, batch in images.items():  # one (B, N, M) per layer, on the tokens the backbone hands the adapter
+        attention[domain] = list(record_attention(segmenter, normalize(np.stack(batch))).weights.values())
     day = attention["day"]
     result = {
         "peak": [s.amax(-1).mean().item() for s in day],

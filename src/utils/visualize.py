@@ -9,6 +9,7 @@ from __future__ import annotations
 import colorsys
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -131,3 +132,100 @@ def colorize_tokens(tokens: np.ndarray | torch.Tensor, num_tokens: int) -> np.nd
     """(H, W) token indices (the most attended token per pixel) -> (H, W, 3) RGB in :func:`token_palette`."""
     tokens = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens)
     return token_palette(num_tokens)[tokens]
+
+
+#: background and title colour of :func:`panel_grid` figures (white paper, black text)
+FIGURE_BACKGROUND = (255, 255, 255)
+FIGURE_TEXT = (0, 0, 0)
+
+
+@dataclass(frozen=True)
+class PanelGrid:
+    """A figure of :func:`panel_grid` and where each panel landed: ``boxes[(row, column)] = (y, x, h, w)`` of the
+    enlarged panel in ``picture``, so that a test can cut a panel out and compare it with what it should show."""
+
+    picture: np.ndarray
+    boxes: dict[tuple[int, int], tuple[int, int, int, int]]
+
+
+def _text_band(texts: Sequence[str], widths: Sequence[int], height: int, gap: int, scale: float) -> np.ndarray:
+    """A white band of ``height`` with each text centred over its column (``widths``, ``gap`` apart)."""
+    band = np.empty((height, sum(widths) + gap * (len(widths) - 1), 3), np.uint8)
+    band[:] = FIGURE_BACKGROUND
+    x = 0
+    for text, width in zip(texts, widths):
+        (w, h), _ = cv2.getTextSize(text, _FONT, scale, 1)
+        org = (x + max(0, (width - w) // 2), (height + h) // 2)
+        cv2.putText(band, text, org, _FONT, scale, FIGURE_TEXT, 1, cv2.LINE_AA)
+        x += width + gap
+    return band
+
+
+def panel_grid(
+    rows: Sequence[Sequence[np.ndarray]],
+    *,
+    zoom: int = 1,
+    column_titles: Sequence[str] | None = None,
+    titles: Sequence[Sequence[str]] | None = None,
+    row_titles: Sequence[str] | None = None,
+    legend_classes: Sequence[int] | None = None,
+    gap: int = 4,
+    title_scale: float = 0.5,
+) -> PanelGrid:
+    """RGB panels (rows × columns, uint8 (h, w, 3)) enlarged ``zoom`` times by pixel repetition, laid out on white
+    with ``gap`` pixels between them, titled above each column (``column_titles``) or above each panel (``titles``,
+    one list per row) and left of each row (``row_titles``), with the :func:`legend` of ``legend_classes`` on the
+    right.
+
+    Pixel repetition (nearest neighbour) keeps every panel's pixels exact: a 64×128 MiniDG image at ``zoom=3`` is
+    a 192×384 block of 3×3 copies of its pixels, nothing blended in, so a label's colours stay palette colours.
+    Panels of a row share a height; columns are as wide as their widest panel (a narrower one is padded white).
+    """
+    if zoom < 1 or not rows or not all(rows):
+        raise ValueError(f"panel_grid needs at least one panel per row and zoom >= 1 (got zoom={zoom})")
+    columns = max(len(r) for r in rows)
+    if column_titles is not None and len(column_titles) != columns:
+        raise ValueError(f"{len(column_titles)} column titles for {columns} columns")
+    if row_titles is not None and len(row_titles) != len(rows):
+        raise ValueError(f"{len(row_titles)} row titles for {len(rows)} rows")
+    if titles is not None and [len(t) for t in titles] != [len(r) for r in rows]:
+        raise ValueError(f"titles {[len(t) for t in titles]} per row for panels {[len(r) for r in rows]} per row")
+    big = [[np.repeat(np.repeat(np.asarray(p, np.uint8), zoom, 0), zoom, 1) for p in row] for row in rows]
+    widths = [max(row[c].shape[1] for row in big if c < len(row)) for c in range(columns)]
+    heights = [max(p.shape[0] for p in row) for row in big]
+    band = int(round(44 * title_scale))  # HERSHEY_SIMPLEX is about 22 px tall at scale 1: one line and a margin
+    left = 0
+    if row_titles is not None:
+        left = max(cv2.getTextSize(t, _FONT, title_scale, 1)[0][0] for t in row_titles) + 2 * gap
+    top = band if column_titles is not None else 0
+    above = band if titles is not None else 0  # each row's own title band
+    width = left + sum(widths) + gap * (columns - 1)
+    height = top + sum(heights) + (above + gap) * len(rows) - gap
+    picture = np.empty((height, width, 3), np.uint8)
+    picture[:] = FIGURE_BACKGROUND
+    if column_titles is not None:
+        picture[:band, left:] = _text_band(column_titles, widths, band, gap, title_scale)
+    boxes: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+    y = top
+    for r, row in enumerate(big):
+        if titles is not None:
+            band_widths = [widths[c] for c in range(len(row))]
+            picture[y : y + above, left : left + sum(band_widths) + gap * (len(row) - 1)] = _text_band(
+                titles[r], band_widths, above, gap, title_scale
+            )
+            y += above
+        if row_titles is not None:
+            picture[y : y + heights[r], :left] = _text_band([row_titles[r]], [left], heights[r], 0, title_scale)
+        x = left
+        for c, panel in enumerate(row):
+            h, w = panel.shape[:2]
+            picture[y : y + h, x : x + w] = panel
+            boxes[(r, c)] = (y, x, h, w)
+            x += widths[c] + gap
+        y += heights[r] + gap
+    if legend_classes is not None:
+        strip = legend(legend_classes, height - top)
+        strip = np.concatenate([np.full((top, strip.shape[1], 3), FIGURE_BACKGROUND, np.uint8), strip])
+        spacer = np.full((height, gap, 3), FIGURE_BACKGROUND, np.uint8)
+        picture = np.concatenate([picture, spacer, strip], axis=1)
+    return PanelGrid(picture, boxes)

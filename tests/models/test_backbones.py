@@ -284,6 +284,19 @@ def test_predict_depth_shape(depth_resize: DepthBackbone) -> None:
     assert depth.shape == (2, 48, 80) and depth.grad_fn is None
 
 
+def test_predict_depth_on_the_visual_grid_reads_what_the_depth_stream_reads(depth_resize: DepthBackbone) -> None:
+    """With the visual grid, the depth map is the DPT output on the resized input the encoder gets in the segmenter
+    (align: resize_input), resized back: here 48×80 -> 3×5 tokens at patch 14 = 42×70 -> 48×80."""
+    images = torch.randn(2, 3, 48, 80)
+    with torch.no_grad():
+        resized = F.interpolate(images, size=(42, 70), mode="bilinear", align_corners=False)
+        reference = depth_resize.model(pixel_values=resized).predicted_depth
+    reference = F.interpolate(reference[:, None], size=(48, 80), mode="bilinear", align_corners=False)[:, 0]
+    got = depth_resize.predict_depth(images, (3, 5))
+    torch.testing.assert_close(got, reference)
+    assert not torch.allclose(got, depth_resize.predict_depth(images))  # the bare image gives another map
+
+
 def test_prompt_depth_anything_from_config() -> None:
     depth = DepthBackbone(config=TINY_DEPTH, model_type="prompt_depth_anything")
     assert type(depth.model).__name__ == "PromptDepthAnythingForDepthEstimation"

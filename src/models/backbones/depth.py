@@ -229,9 +229,16 @@ class DepthBackbone(nn.Module):
         return [h[:, h.shape[1] - num_patches :] for h in hidden[1:]]
 
     @torch.no_grad()
-    def predict_depth(self, images: Tensor) -> Tensor:
-        """Relative depth (B, H, W) from the full model (encoder + DPT head), for visualisation only."""
-        depth = self.model(pixel_values=images).predicted_depth
+    def predict_depth(self, images: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        """Relative depth (B, H, W) from the full model (encoder + DPT head), for visualisation only.
+
+        With ``grid`` (the visual token grid) the model reads :meth:`aligned_input`, the input its encoder gets in
+        the segmenter's depth stream (with ``align: resize_input`` a resized image, e.g. MiniDG's 64×128 → 112×224,
+        the size the depth model knows), so the map shows the depth the tokens are made from; the result is resized
+        back to the images' size.
+        """
+        inputs = images if grid is None else self.aligned_input(images, grid)
+        depth = self.model(pixel_values=inputs).predicted_depth
         return F.interpolate(depth[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
