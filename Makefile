@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# torch/torchvision versions known to install together (API-NOTES §0); override on clusters: make install TORCH_SPEC="torch torchvision"
+# torch/torchvision versions known to install together (checked on CPU here); override on clusters: make install TORCH_SPEC="torch torchvision"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow lint format smoke train minidg clean
+.PHONY: help install test test-slow gpu-check lint format smoke train minidg clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ test: ## run the default (CPU) test suite
 test-slow: ## run the slow tests (real-size models on CPU)
 	$(PY) -m pytest -q -m slow
 
+gpu-check: ## GPU tests + the ViT-L benchmark table into docs/benchmarks.md (needs CUDA, < 8 min on an H100)
+	bash scripts/gpu_check.sh
+
 lint: ## ruff over src, scripts, tests
 	$(PY) -m ruff check src scripts tests
 	$(PY) -m ruff format --check src scripts tests
@@ -42,7 +45,7 @@ smoke: ## train+validate the no-download smoke experiment on CPU
 train: ## train: make train ARGS="experiment=gta2citys"
 	$(PY) -m src.train $(ARGS)
 
-minidg: ## the MiniDG benchmark (REIN vs DepthForge vs frozen, 3 seeds) on CPU
+minidg: ## the MiniDG benchmark on CPU (DepthForge vs REIN over 5 seeds, frozen over 2, the table and the paired test)
 	$(PY) scripts/minidg_sweep.py $(ARGS)
 
 clean: ## remove caches and run outputs

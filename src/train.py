@@ -15,13 +15,22 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.callbacks import Preempted, RunAudit, check_run
 from src.callbacks.preemption import resume_record_path, slurm_job_key
 from src.utils.checkpoint import CheckpointError
-from src.utils.instantiate import build_module, build_trainer, check_config, import_requested, instantiate_checked
+from src.utils.instantiate import (
+    ConfigTypeError,
+    build_module,
+    build_trainer,
+    check_config,
+    import_requested,
+    instantiate_checked,
+)
 from src.utils.wandb import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -81,16 +90,42 @@ def _stopped_by_lightning(err: SIGTERMException, what: str, trainer: L.Trainer) 
     )
 
 
+#: the values torch.set_float32_matmul_precision takes
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def check_matmul_precision(precision: str | None) -> None:
+    """Refuse a ``matmul_precision`` that torch.set_float32_matmul_precision does not take, with the fix."""
+    if precision is not None and precision not in MATMUL_PRECISIONS:
+        raise ConfigTypeError(
+            f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)} or null, got {precision!r}\n"
+            "  fix: matmul_precision=high (TF32 on Ampere+ GPUs), =highest (full fp32) or =null (torch's default)"
+        )
+
+
+def apply_matmul_precision(precision: str | None, trainer: L.Trainer) -> bool:
+    """``torch.set_float32_matmul_precision(precision)`` for a run on CUDA (``high``: TF32 matmuls on Ampere and
+    newer GPUs); a CPU run and ``precision=None`` keep torch's default. Returns whether it was applied."""
+    check_matmul_precision(precision)
+    if precision is None or not isinstance(trainer.accelerator, CUDAAccelerator):
+        return False
+    torch.set_float32_matmul_precision(precision)
+    log.info("float32 matmul precision: %s", precision)
+    return True
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit on the source domain, validate per target domain, then test the final weights on every target."""
     import_requested(cfg)
     check_config(cfg)  # a wrong-typed value fails here with its key and fix, before anything is built
+    check_matmul_precision(cfg.get("matmul_precision"))
     record = resume_requeued_job(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_checked(cfg.data, "data")
     model = build_module(cfg)
     trainer = build_trainer(cfg)
+    apply_matmul_precision(cfg.get("matmul_precision"), trainer)
     audit = next((cb for cb in trainer.callbacks if isinstance(cb, RunAudit)), None)
     if audit is None:  # the end-of-run check needs it: a config without it still gets it
         audit = RunAudit()

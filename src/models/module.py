@@ -3,6 +3,7 @@ checkpoints. The model itself — its forward, loss and parameter groups — is 
 
 from __future__ import annotations
 
+import inspect
 import random
 import warnings
 from collections.abc import Callable
@@ -14,11 +15,12 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 
+from src.attention import has_attention, layer_strip
 from src.callbacks._dist import gather_objects
 from src.data.labels import CLASS_NAMES
 from src.metrics import SegmentationIoU, mean_miou
 from src.models.inference import slide_inference
-from src.models.segmenter import Segmenter, apply_multipliers
+from src.models.segmenter import Performance, Segmenter, apply_multipliers
 from src.utils.checkpoint import CheckpointError, config_differences
 from src.utils.visualize import denormalize, depth_to_rgb
 
@@ -32,7 +34,9 @@ class SegmentationModule(L.LightningModule):
     every iteration (method D5). Validation and test run :func:`slide_inference` with ``slide`` =
     ``{crop, stride, max_batch}`` (the model config is its one home). ``model_config`` (the resolved model config)
     is stored in every checkpoint and compared on load, so a checkpoint made for another configuration is refused with
-    the differences named.
+    the differences named. ``performance`` (:class:`Performance`: compile, activation checkpointing, the depth VFM
+    in inference mode, a fused optimiser) is applied to the segmenter here; it is not part of ``model_config``, so a
+    checkpoint loads whatever switches the run that wrote it had.
     """
 
     def __init__(
@@ -43,9 +47,12 @@ class SegmentationModule(L.LightningModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         model_config: dict[str, Any] | None = None,
         log_images: int = 4,
+        performance: Performance | None = None,
     ) -> None:
         super().__init__()
         self.segmenter = segmenter
+        self.performance = performance if performance is not None else Performance()
+        segmenter.apply_performance(self.performance)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.slide = dict(slide)
@@ -86,19 +93,44 @@ class SegmentationModule(L.LightningModule):
             self.log(f"train/{name}", value.detach().float(), batch_size=bs)
         return losses
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(self.segmenter.param_groups())
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser over the segmenter's parameter groups, each scaled by its multipliers (method §7.1), fused
+        where ``performance.fused_optimizer`` allows it (:meth:`_fused_kwargs`)."""
+        groups = self.segmenter.param_groups()
+        optimizer = self.optimizer_factory(groups, **self._fused_kwargs(groups))
         apply_multipliers(optimizer)
+        return optimizer
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.build_optimizer()
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _fused_kwargs(self, groups: list[dict[str, Any]]) -> dict[str, Any]:
+        """``{"fused": True}`` when ``performance.fused_optimizer`` is on, every trainable parameter is on CUDA, the
+        optimiser takes ``fused`` and its config does not set it, and Lightning will not clip gradients (it refuses
+        to clip with an optimiser that unscales its own gradients); otherwise ``{}``."""
+        factory = self.optimizer_factory
+        if not self.performance.fused_optimizer or "fused" in getattr(factory, "keywords", {}):
+            return {}
+        params = [p for group in groups for p in group["params"]]
+        if not params or any(p.device.type != "cuda" for p in params):
+            return {}
+        try:
+            takes_fused = "fused" in inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            takes_fused = False
+        clip = self._trainer is not None and bool(self.trainer.gradient_clip_val)
+        return {"fused": True} if takes_fused and not clip else {}
+
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: dict[str, Any], dataloader_idx: int, stage: str, batch_idx: int) -> None:
         domain = self.domains[dataloader_idx]
         labels = batch["label"]
-        preds = self(batch["image"], out_size=tuple(labels.shape[-2:])).argmax(1)
+        # max(1).indices is argmax(1) (the first maximum, NaN counting as maximal), about 3x faster over the class dim
+        preds = self(batch["image"], out_size=tuple(labels.shape[-2:])).max(1).indices
         self.metrics[domain].update(preds, labels)
         if stage == "val" and batch_idx < self.log_images:
             self._log_media(domain, batch, preds, batch_idx)
@@ -139,7 +171,9 @@ class SegmentationModule(L.LightningModule):
     def _log_media(self, domain: str, batch: dict[str, Any], preds: torch.Tensor, batch_idx: int) -> None:
         """The first ``log_images`` validation batches of each domain (a fixed set: the target loaders are not
         shuffled) to W&B: ``val/<domain>/example_<i>`` = the image with the ground truth and the prediction as
-        segmentation masks (class labels), and ``val/<domain>/depth_<i>`` = the depth VFM's relative depth."""
+        segmentation masks (class labels), ``val/<domain>/depth_<i>`` = the depth VFM's relative depth, and
+        ``val/<domain>/attention_<i>`` = the dominant learnable token per patch of every layer (adapters with
+        ``attention``: REIN, DepthForge and its ablations)."""
         loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
         if not loggers or self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
@@ -162,6 +196,11 @@ class SegmentationModule(L.LightningModule):
         depth = self._wandb_depth(batch["image"][:1], (h, w))
         if depth is not None:
             media[f"val/{domain}/depth_{batch_idx}"] = wandb.Image(depth, caption="relative depth (near = bright)")
+        attention = self._wandb_attention(batch["image"][:1], (h, w))
+        if attention is not None:
+            media[f"val/{domain}/attention_{batch_idx}"] = wandb.Image(
+                attention, caption="most attended learnable token per patch, per layer (one colour per token)"
+            )
         for lg in loggers:
             lg.experiment.log({**media, "trainer/global_step": self.trainer.global_step})
 
@@ -175,15 +214,28 @@ class SegmentationModule(L.LightningModule):
     def _wandb_depth(self, images: torch.Tensor, size: tuple[int, int]) -> np.ndarray | None:
         """The depth VFM's relative depth of ``images[0]`` as an RGB picture of ``size``; None without a depth VFM
         (or one that cannot predict depth)."""
-        depth_backbone = getattr(self.segmenter, "depth_backbone", None)
-        if depth_backbone is None or not hasattr(depth_backbone, "predict_depth"):
-            return None
         try:
-            depth = depth_backbone.predict_depth(images)[0]
+            depth = self.segmenter.depth_map(images[:1])
+            if depth is None:
+                return None
+            depth = depth[0]
         except Exception as err:  # noqa: BLE001 - a picture for the dashboard never stops a validation
             warnings.warn(f"no depth picture for W&B: {err}", stacklevel=2)
             return None
         return depth_to_rgb(depth, size)
+
+    @torch.no_grad()
+    def _wandb_attention(self, images: torch.Tensor, size: tuple[int, int]) -> np.ndarray | None:
+        """The dominant-token map of every layer for ``images[0]``, side by side, each panel of ``size``
+        (:func:`src.attention.layer_strip`, the pictures of ``python -m src.attention``); None for an adapter
+        without ``attention`` (frozen, LoRA, AdaptFormer, VPT, FADA)."""
+        if not has_attention(self.segmenter.token_adapter):
+            return None
+        try:
+            return layer_strip(self.segmenter, images[:1], size)
+        except Exception as err:  # noqa: BLE001 - a picture for the dashboard never stops a validation
+            warnings.warn(f"no token-attention picture for W&B: {err}", stacklevel=2)
+            return None
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

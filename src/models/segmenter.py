@@ -8,7 +8,10 @@ parameters without weight decay (``no_weight_decay()``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -17,6 +20,44 @@ from src.models.adapters.base import Adapter, IdentityAdapter
 from src.models.backbones.depth import DepthBackbone, pair_depth_tokens
 from src.models.backbones.visual import VisualBackbone
 from src.models.heads.mask2former import HeadOutput, Mask2FormerHead
+
+#: what ``Performance.compile`` may name: the segmenter's forward, or the blocks of the frozen VFMs
+CompileTarget = Literal["segmenter", "blocks"]
+
+
+@dataclass(frozen=True)
+class Performance:
+    """How the segmenter is run for speed and memory (docs/benchmarks.md): none of these switches changes the model,
+    its checkpoints or (within float tolerance) its results, and all are off by default except ``fused_optimizer``,
+    which only acts on CUDA. The run config's ``model.performance`` builds one; the module applies it.
+
+    - ``compile``: ``"segmenter"`` compiles the segmenter's forward in place (``nn.Module.compile``; the loss, with
+      its Hungarian matching, stays eager), ``"blocks"`` compiles each transformer block of the two frozen VFMs (one
+      graph serves all blocks of a VFM); ``None``: eager. ``compile_backend``/``compile_mode`` go to
+      ``torch.compile``.
+    - ``activation_checkpointing``: each frozen visual block and the adapter step after it keep only their inputs
+      and are recomputed in backward (non-reentrant checkpoints, :func:`~src.models.backbones.visual.run_block`), so
+      the adapter's gradients are the same.
+    - ``depth_inference_mode``: the depth VFM runs under ``torch.inference_mode`` and its tokens are copied out of it
+      in the autocast dtype (bf16 under bf16 autocast, the dtype every matmul casts them to anyway; the ablations
+      that add depth to the visual tokens, ``depth_bias`` and ``depth_token``, then see it rounded).
+    - ``fused_optimizer``: build the optimiser with ``fused=True`` when it takes that argument and every trainable
+      parameter is on CUDA (not with gradient clipping under mixed precision, which Lightning refuses).
+    """
+
+    compile: CompileTarget | None = None
+    compile_backend: str = "inductor"
+    compile_mode: str | None = None
+    activation_checkpointing: bool = False
+    depth_inference_mode: bool = False
+    fused_optimizer: bool = True
+
+    def __post_init__(self) -> None:
+        if self.compile not in (None, "segmenter", "blocks"):
+            raise ValueError(
+                f"model.performance.compile must be null, 'segmenter' or 'blocks', got {self.compile!r}\n"
+                "  fix: model.performance.compile=blocks (or =segmenter, or =null for eager)"
+            )
 
 
 class Segmenter(nn.Module):
@@ -75,6 +116,38 @@ class Segmenter(nn.Module):
         if train_backbone:
             for p in self.visual_backbone.model.parameters():
                 p.requires_grad_(True)
+        #: run the depth VFM under torch.inference_mode (set by :meth:`apply_performance`)
+        self.depth_inference_mode = False
+
+    def apply_performance(self, options: Performance) -> None:
+        """Switch activation checkpointing, the depth VFM's inference mode and compilation as ``options`` say.
+
+        Compilation is in place (``nn.Module.compile``), so parameter names and checkpoints are unchanged; it cannot
+        be undone on this instance (build a new segmenter for an eager one).
+        """
+        self.visual_backbone.set_grad_checkpointing(options.activation_checkpointing)
+        self.depth_inference_mode = options.depth_inference_mode
+        if options.compile is None:
+            return
+        kwargs = {"backend": options.compile_backend, "mode": options.compile_mode}
+        if options.compile == "segmenter":
+            self.compile(**kwargs)
+            return
+        for block in self.frozen_blocks():
+            block.compile(**kwargs)
+
+    def frozen_blocks(self) -> list[nn.Module]:
+        """The transformer blocks of the visual VFM and of the depth VFM's encoder (if built), in that order."""
+        blocks = list(self.visual_backbone.model.blocks)
+        if self.depth_backbone is not None:
+            encoder = getattr(getattr(self.depth_backbone.model, "backbone", None), "encoder", None)
+            if not isinstance(getattr(encoder, "layer", None), nn.ModuleList):
+                raise ValueError(
+                    f"compile='blocks' needs the depth VFM's blocks at model.backbone.encoder.layer (a DINOv2 "
+                    f"encoder), which {type(self.depth_backbone.model).__name__} does not have; use compile='segmenter'"
+                )
+            blocks += list(encoder.layer)
+        return blocks
 
     @property
     def ignore_index(self) -> int:
@@ -86,8 +159,27 @@ class Segmenter(nn.Module):
         """The depth VFM's per-layer tokens paired with the visual layers (method D1), or None without depth."""
         if self.depth_backbone is None:
             return None
-        tokens = self.depth_backbone(images, self.visual_backbone.grid_size(*images.shape[-2:]))
+        grid = self.visual_backbone.grid_size(*images.shape[-2:])
+        if self.depth_inference_mode:
+            # dynamo cannot trace into inference mode; a compiled graph keeps no autograd state for no_grad code
+            with contextlib.nullcontext() if torch.compiler.is_compiling() else torch.inference_mode():
+                tokens = self.depth_backbone(images, grid)
+            # inference tensors cannot be saved for backward by the trainable adapter: copy them out, in the dtype
+            # autocast gives matmuls. DepthForge only multiplies them, so its results are the same; the ablations
+            # that add d to f or average it (depth_bias, depth_token) see d rounded to that dtype.
+            device = images.device.type
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else tokens[0].dtype
+            tokens = [t.to(dtype=dtype, copy=True) for t in tokens]
+        else:
+            tokens = self.depth_backbone(images, grid)
         return pair_depth_tokens(tokens, self.visual_backbone.num_layers, self.visual_backbone.embed_dim)
+
+    def depth_map(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The depth VFM's relative depth (B, H, W) of what its depth stream reads (for pictures), or None without a
+        depth VFM."""
+        if self.depth_backbone is None:
+            return None
+        return self.depth_backbone.predict_depth(images, self.visual_backbone.grid_size(*images.shape[-2:]))
 
     def forward(self, images: torch.Tensor) -> HeadOutput:
         maps = self.visual_backbone(images, self.token_adapter, self.depth_tokens(images))

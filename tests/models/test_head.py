@@ -190,6 +190,24 @@ def test_labels_outside_the_classes_are_an_error(maps, queries, labels):
         head.loss(head(maps, queries), labels)
 
 
+def test_targets_are_one_mask_per_present_class_in_class_order(labels):
+    """The matcher's targets equal the per-image `unique()` reference: classes present (ignore excluded) in
+    increasing order, one binary mask each; an image with only some classes gets only those; negatives are refused."""
+    head = tiny_head()
+    labels[1] = torch.where(labels[1] == 2, 255, labels[1])  # image 1 lacks class 2
+    labels = torch.cat([labels, torch.full_like(labels[:1], 255)])  # image 2 is all ignore
+    masks, classes = head._targets(labels)
+    for label, got_masks, got_classes in zip(labels, masks, classes):
+        expected = label.unique()
+        expected = expected[expected != 255]
+        assert torch.equal(got_classes, expected) and got_classes.dtype == torch.long
+        assert torch.equal(got_masks, (label == expected[:, None, None]).float())
+    assert 2 not in classes[1].tolist() and classes[2].numel() == 0 and masks[2].shape == (0, CROP, CROP)
+    labels[0, 0, 0] = -1
+    with pytest.raises(ValueError, match="labels must lie"):
+        head._targets(labels)
+
+
 def test_semantic_map_is_the_probability_formula(maps, queries):
     head = tiny_head()
     with torch.no_grad():

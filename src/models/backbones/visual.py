@@ -51,9 +51,17 @@ def default_out_indices(num_layers: int) -> list[int]:
 
 
 def run_block(model: nn.Module, block: nn.Module, x: Tensor, **kwargs: Tensor | None) -> Tensor:
-    """Run one block, recomputing its activations in backward when the model has grad checkpointing on."""
+    """Run one block, recomputing its activations in backward when the model has grad checkpointing on.
+
+    Only the block's input is kept (the adapter step after it is checkpointed on its own by
+    :meth:`VisualBackbone.forward`), and the adapter's gradient flows back through the recomputed block. The
+    checkpoint is the non-reentrant one whatever ``TIMM_REENTRANT_CKPT`` says: the reentrant variant returns an
+    output without gradient when the block's input needs none (block 0, whose input comes from the frozen
+    embedding), which would silently drop the gradients of adapter weights living inside that block (LoRA,
+    AdaptFormer).
+    """
     if model.grad_checkpointing and torch.is_grad_enabled():
-        return checkpoint(block, x, **kwargs)
+        return checkpoint(block, x, use_reentrant=False, **kwargs)
     return block(x, **kwargs)
 
 
@@ -401,7 +409,8 @@ class VisualBackbone(nn.Module):
         return set()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute block activations in backward: the adapter's gradient still flows through every block."""
+        """Recompute the activations of every block and of the adapter step after it in backward: only each one's
+        input is kept. The adapter's gradient still flows through every block, and is the same."""
         self.model.set_grad_checkpointing(enable)
 
     def grid_size(self, h: int, w: int) -> tuple[int, int]:
@@ -424,10 +433,22 @@ class VisualBackbone(nn.Module):
             if depth_tokens[0].shape[1] != grid[0] * grid[1]:
                 raise ValueError(f"depth tokens have {depth_tokens[0].shape[1]} positions, visual grid is {grid}")
         collected: dict[int, Tensor] = {}
+        # with grad checkpointing the adapter step is recomputed in backward too, as the blocks are (run_block):
+        # only its input is kept, not the activations of its attention and MLP (an identity step needs neither)
+        checkpoint_step = (
+            adapter is not None
+            and type(adapter).forward is not Adapter.forward
+            and self.model.grad_checkpointing
+            and torch.is_grad_enabled()
+        )
 
         def step(layer: int, tokens: Tensor) -> Tensor:
             if adapter is not None:
-                tokens = adapter(tokens, layer, depth_tokens[layer] if depth_tokens is not None else None, grid)
+                depth = depth_tokens[layer] if depth_tokens is not None else None
+                if checkpoint_step:
+                    tokens = checkpoint(adapter, tokens, layer, depth, grid, use_reentrant=False)
+                else:
+                    tokens = adapter(tokens, layer, depth, grid)
             if layer in self.out_indices:
                 collected[layer] = tokens
             return tokens

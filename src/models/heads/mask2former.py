@@ -273,14 +273,24 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
         return {**weighted, "loss": torch.stack(list(weighted.values())).sum()}
 
     def _targets(self, labels: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per image, one binary mask (N_i, H, W) and class id (N_i,) per class present; ignore belongs to none."""
+        """Per image, one binary mask (N_i, H, W) and class id (N_i,) per class present, in increasing class order;
+        ignore belongs to none.
+
+        The classes present and the label check come from one per-image histogram copied to the host once: the
+        number of masks per image is data-dependent, so one host sync is unavoidable, but a `unique()` per image and
+        a separate check would each add another."""
         ignore, num_classes = self.config.ignore_value, self.config.num_labels
-        if not bool(((labels == ignore) | ((labels >= 0) & (labels < num_classes))).all()):
+        valid = (labels >= 0) & (labels < num_classes)
+        # bins: the classes, then ignore (num_classes), then anything else (num_classes + 1)
+        bins = torch.where(valid, labels, torch.where(labels == ignore, num_classes, num_classes + 1))
+        flat = bins.flatten(1)
+        counts = flat.new_zeros((len(labels), num_classes + 2)).scatter_add_(1, flat, torch.ones_like(flat))
+        counts = counts.cpu()  # static shapes up to here: the one host copy
+        if counts[:, -1].any():
             raise ValueError(f"labels must lie in [0, {num_classes}) or equal {ignore}")
         mask_labels, class_labels = [], []
-        for label in labels:
-            classes = label.unique()
-            classes = classes[classes != ignore]
+        for label, present in zip(labels, counts[:, :num_classes] > 0):
+            classes = present.nonzero()[:, 0].to(label.device)
             mask_labels.append((label == classes[:, None, None]).float())
             class_labels.append(classes)
         return mask_labels, class_labels
