@@ -29,7 +29,9 @@ class DGDataModule(L.LightningDataModule):
     per-domain by construction (the domain comes from the dataset, method D7). ``prepare`` is an optional callable
     run once in ``prepare_data`` (e.g. the generator that writes the smoke/MiniDG data).
     ``mean_domains`` names the targets averaged into ``mean_mIoU`` (docs/method.md §8.2; all targets when None).
-    A target set to None (``data.targets.map=null``) is dropped.
+    A target set to None (``data.targets.map=null``) is dropped. ``cache_decoded`` makes the datasets that read files
+    keep them decoded in memory (``src.data.datasets.base.DecodeCache``: exactly the pixels of decoding them again),
+    for datasets that fit in memory (MiniDG); each DataLoader worker process holds its own copy.
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class DGDataModule(L.LightningDataModule):
         seed: int = 0,
         mean_domains: list[str] | None = None,
         prepare: Callable[[], Any] | None = None,
+        cache_decoded: bool = False,
     ) -> None:
         super().__init__()
         targets = {name: factory for name, factory in (targets or {}).items() if factory is not None}
@@ -61,6 +64,7 @@ class DGDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.seed = seed
         self.prepare = prepare
+        self.cache_decoded = cache_decoded
         self.source: Dataset | None = None
         self.targets: dict[str, Dataset] = {}
         self._resume: dict[str, int] | None = None
@@ -74,6 +78,9 @@ class DGDataModule(L.LightningDataModule):
             self.source = self.source_factory()
         if not self.targets:
             self.targets = {name: factory() for name, factory in self.target_factories.items()}
+        for dataset in (self.source, *self.targets.values()):
+            if hasattr(dataset, "cache_decoded"):  # datasets that read files (generated ones have nothing to cache)
+                dataset.cache_decoded = self.cache_decoded
 
     def _loader(
         self, dataset: Dataset, batch_size: int, sampler=None, drop_last: bool = False, persistent: bool = False

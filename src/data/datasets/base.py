@@ -11,9 +11,10 @@ the generated-tree writer in `src.data.synthetic` uses to imitate its naming.
 
 from __future__ import annotations
 
+import os
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -98,6 +99,71 @@ def read_raw_label(path: Path) -> np.ndarray:
     if raw.ndim != 2:
         raise ValueError(f"label {path} has shape {raw.shape}; expected a single-channel index PNG")
     return raw
+
+
+class DecodeCache:
+    """Decoded image and label files kept in memory, for datasets small enough to hold decoded (MiniDG: 100 MB).
+
+    ``read(path, reader)`` returns a fresh copy of ``reader(path)``: the first read of a file decodes it and keeps the
+    array; later reads copy the kept array, so a caller (an augmentation working in place) can never change what
+    the next read returns, and every read gives exactly the pixels decoding the file would. An entry is keyed by
+    the path and the reader and is only used while the file's size and modification time are those it was decoded
+    from. Arrays are kept until ``limit_bytes`` is reached; later files are decoded on every read, as without the
+    cache. One instance (`DECODE_CACHE`) serves the process: datasets made again for the same files (another
+    dataloader, a run forked from a process that already read them) find them decoded.
+    """
+
+    def __init__(self, limit_bytes: int = 4 << 30) -> None:
+        self.limit_bytes = limit_bytes
+        self.nbytes = 0
+        self._entries: dict[tuple[str, str], tuple[int, int, np.ndarray]] = {}
+        self._full_warned = False
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.nbytes = 0
+        self._full_warned = False
+
+    def read(self, path: Path, reader: Callable[[Path], np.ndarray]) -> np.ndarray:
+        """``reader(path)``, decoded once while the file is unchanged and copied from memory afterwards."""
+        try:
+            stat = os.stat(path)
+        except OSError:  # missing or unreadable: the reader raises its own error with the fix
+            return reader(path)
+        key = (str(path), getattr(reader, "__qualname__", repr(reader)))
+        entry = self._entries.get(key)
+        if entry is not None and entry[:2] == (stat.st_size, stat.st_mtime_ns):
+            return entry[2].copy()
+        array = reader(path)
+        if entry is not None:  # the file changed since it was decoded
+            self.nbytes -= entry[2].nbytes
+            del self._entries[key]
+        if self.nbytes + array.nbytes <= self.limit_bytes:
+            kept = array.copy()
+            kept.flags.writeable = False
+            self._entries[key] = (stat.st_size, stat.st_mtime_ns, kept)
+            self.nbytes += kept.nbytes
+        elif not self._full_warned:
+            self._full_warned = True
+            warnings.warn(
+                f"the decoded-file cache is full ({self.nbytes / 2**20:.0f} MiB of {self.limit_bytes / 2**20:.0f}): "
+                f"{path} and later files are decoded on every read. The cache is for small datasets; set "
+                "data.cache_decoded=false for this one",
+                DataWarning,
+                stacklevel=3,
+            )
+        return array
+
+
+#: the process's decoded-file cache, read by datasets with ``cache_decoded`` set (``data.cache_decoded=true``)
+DECODE_CACHE = DecodeCache()
+
+
+def _read_directly(path: Path, reader: Callable[[Path], np.ndarray]) -> np.ndarray:
+    return reader(path)
 
 
 class SegmentationDataset(Dataset, ABC):
@@ -215,6 +281,9 @@ class LayoutDataset(SegmentationDataset):
         self.samples = self._scan()
         self._checked: set[int] = set()  # labels already checked (and warned about) in this process
         self._warned = 0
+        #: read the files through the process's `DECODE_CACHE` (decoded once, then copied from memory; the same
+        #: pixels); set by `DGDataModule(cache_decoded=True)`, off by default (large datasets do not fit in memory)
+        self.cache_decoded = False
 
     def _scan(self) -> list[Sample]:
         layout = self.layout
@@ -273,10 +342,11 @@ class LayoutDataset(SegmentationDataset):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.samples[index]
-        image = read_image(sample.image)
+        read = DECODE_CACHE.read if self.cache_decoded else _read_directly
+        image = read(sample.image, read_image)
         if sample.label is None:  # unlabelled split: all ignore, at the image's size
             return image, np.full(image.shape[:2], IGNORE_INDEX, np.uint8)
-        raw = read_raw_label(sample.label)
+        raw = read(sample.label, read_raw_label)
         label = sample.encoding.to_train_ids(raw)
         if image.shape[:2] != label.shape:
             raise ValueError(f"image {sample.image} is {image.shape[:2]} but its label {sample.label} is {label.shape}")
