@@ -26,7 +26,6 @@ import multiprocessing.process
 import os
 import runpy
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -54,8 +53,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import src.train  # noqa: E402,F401  (the whole training stack, imported once and inherited by the forked runs)
+from src.attention import has_attention  # noqa: E402
 from src.minidg.analysis import format_attention_table, load_run, token_attention  # noqa: E402
-from src.minidg.stats import Comparison, compare, comparison_table, verdict  # noqa: E402
+from src.minidg.stats import Comparison, compare, comparison_table, mean_std, verdict  # noqa: E402
 
 MEAN = "mean"
 """The key of a run's `val/mean_mIoU` in `final_metrics`."""
@@ -261,7 +261,7 @@ def final_metrics(run_dir: Path) -> dict[str, float]:
 def attention_report(method: str, seed: int, args: argparse.Namespace) -> dict[str, list[float]] | None:
     """Token-attention statistics of a finished run (src.minidg.analysis.token_attention); None without tokens."""
     segmenter = load_run(args.out / f"{method}_seed{seed}").segmenter
-    if not hasattr(segmenter.token_adapter, "attention"):
+    if not has_attention(segmenter.token_adapter):
         return None
     return token_attention(segmenter)
 
@@ -271,9 +271,8 @@ def table(results: list[RunResult], methods: list[str], mean_domains: list[str])
     (``mean_domains``, named in the header); then one row per run with its wall and CPU seconds."""
 
     def cell(values: list[float]) -> str:
-        return (
-            f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
-        )
+        mean, std = mean_std(values)
+        return f"{mean:.1f} ± {std:.1f}" if len(values) > 1 else f"{mean:.1f}"
 
     domains = [d for d in results[0].metrics if d != MEAN]
     lines = [

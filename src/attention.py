@@ -546,17 +546,9 @@ def resolve_run(label: str, value: str | Path, checkpoint: str = "last.ckpt", da
     checkpoint inside one, or a shipped run (``config.yaml`` and ``model.ckpt``: ``assets/minidg/runs/<method>``,
     :func:`src.minidg.analysis.export_run`). Its config is read, with ``paths.data_dir`` replaced by ``data_dir``
     when set, and a run whose adapter has no ``attention`` is refused before anything is built."""
-    from src.minidg.analysis import RUN_CONFIG, RUN_WEIGHTS  # that module reads attention through this one
+    from src.minidg.analysis import RUN_CONFIG, RUN_WEIGHTS, run_files  # that module reads attention through this one
 
-    path = Path(str(value)).expanduser()
-    if path.is_dir() and (path / RUN_CONFIG).is_file():
-        run_dir, config, ckpt = path, path / RUN_CONFIG, path / RUN_WEIGHTS
-    elif path.is_file():
-        ckpt, run_dir = path, path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        config = run_dir / ".hydra" / "config.yaml"
-    else:
-        run_dir, ckpt = path, path / "checkpoints" / checkpoint
-        config = run_dir / ".hydra" / "config.yaml"
+    run_dir, config, ckpt = run_files(Path(str(value)).expanduser(), checkpoint)
     if not config.is_file():
         raise AttentionError(
             f"runs.{label}={value}: no run config at {config}\n  fix: runs.{label}=<a run directory of src.train "

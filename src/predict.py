@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from src.attention import record_attention
+from src.attention import has_attention, record_attention
 from src.data.labels import IGNORE_INDEX, NUM_CLASSES, train_to_label_ids
 from src.data.transforms import build_test_transform
 from src.eval import seed_for_build
@@ -435,7 +435,7 @@ def check_model_outputs(cfg: DictConfig, kinds: Sequence[str], with_depth: bool 
             f"outputs=[depth] needs a model with a depth VFM, and {name} reads no depth\n"
             "  fix: drop depth from outputs, or use a checkpoint of a method that reads depth (ablation=depthforge)"
         )
-    if "attention" in kinds and not callable(getattr(cls, "attention", None)):
+    if "attention" in kinds and not has_attention(cls):
         raise PredictionError(
             f"outputs=[attention] shows the learnable tokens' attention, and {name} has no attention(tokens, layer, "
             "depth) method\n  fix: drop attention from outputs (REIN, DepthForge and its ablations have one)"

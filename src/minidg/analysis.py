@@ -149,16 +149,25 @@ RUN_WEIGHTS = "model.ckpt"
 """A shipped run (``assets/minidg/runs/<method>``, made by :func:`export_run`): its composed config and its weights."""
 
 
+def run_files(path: Path, checkpoint: str = "last.ckpt") -> tuple[Path, Path, Path]:
+    """(run directory, config, weights) of ``path``: a shipped run (`config.yaml`, `model.ckpt`), a checkpoint file
+    (in a training run's `checkpoints/`), or a training run directory (`.hydra/config.yaml`,
+    `checkpoints/<checkpoint>`). The files are named, not checked: callers say what is missing their own way."""
+    path = Path(path)
+    if path.is_dir() and (path / RUN_CONFIG).is_file():
+        return path, path / RUN_CONFIG, path / RUN_WEIGHTS
+    if path.is_file():
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return run_dir, run_dir / ".hydra" / "config.yaml", path
+    return path, path / ".hydra" / "config.yaml", path / "checkpoints" / checkpoint
+
+
 def load_run(run_dir: Path, checkpoint: str = "last.ckpt") -> SegmentationModule:
     """A trained run's module, loaded as `src.eval`/`src.predict` load one: built from the run's own composed config
     and given its weights by `src.predict.load_weights`, which refuses a checkpoint made for another model
     configuration. ``run_dir`` is a training run directory (`.hydra/config.yaml`, `checkpoints/<checkpoint>`) or a
     shipped run (`config.yaml`, `model.ckpt`: :func:`export_run`)."""
-    run_dir = Path(run_dir)
-    if (run_dir / RUN_CONFIG).is_file():
-        config, weights = run_dir / RUN_CONFIG, run_dir / RUN_WEIGHTS
-    else:
-        config, weights = run_dir / ".hydra" / "config.yaml", run_dir / "checkpoints" / checkpoint
+    run_dir, config, weights = run_files(run_dir, checkpoint)
     if not config.is_file() or not weights.is_file():
         raise FileNotFoundError(
             f"{run_dir} is not a run: expected {run_dir / '.hydra/config.yaml'} and {run_dir / 'checkpoints'}/"
